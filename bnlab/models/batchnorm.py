@@ -1,0 +1,108 @@
+r"""Batch normalization, written out.
+
+For a mini-batch of pre-activations :math:`x`, training does, per feature,
+
+.. math::
+
+    \mu_B = \frac{1}{m}\sum_i x_i \qquad
+    \sigma_B^2 = \frac{1}{m}\sum_i (x_i - \mu_B)^2 \qquad
+    y_i = \gamma \frac{x_i - \mu_B}{\sqrt{\sigma_B^2 + \epsilon}} + \beta
+
+where :math:`m` counts the values a feature is averaged over: the batch for a linear layer,
+batch x height x width for a feature map. The population statistics used at inference are
+exponential moving averages, decayed by :math:`1 - \text{momentum}` per training step:
+
+.. math::
+
+    \hat\mu \leftarrow (1 - \text{momentum})\,\hat\mu + \text{momentum}\,\mu_B \qquad
+    \hat\sigma^2 \leftarrow (1 - \text{momentum})\,\hat\sigma^2
+        + \text{momentum}\,\frac{m}{m - 1}\sigma_B^2
+
+Which variance goes where: the *biased* :math:`\sigma_B^2` normalizes the batch, and the
+*unbiased* :math:`\frac{m}{m-1}\sigma_B^2` feeds the running estimate, exactly as
+``torch.nn.BatchNorm1d/2d`` do (and as the BN paper prescribes for the population variance).
+
+The study's values: :math:`\epsilon = 10^{-3}`, decay 0.99 (momentum 0.01), :math:`\gamma = 1`
+and :math:`\beta = 0` at the start.
+"""
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+EPSILON = 1e-3
+MOMENTUM = 0.01  # running statistics decayed by 0.99 per step
+
+BNImpl = Literal["bnlab", "torch"]
+# train: batch statistics, running statistics updated. population: running statistics.
+# batch: statistics of exactly the inputs given, running statistics untouched.
+BNMode = Literal["train", "population", "batch"]
+
+
+class BatchNorm(nn.Module):
+    """BN with its statistics shaped ``stats_shape``, averaged over the input's ``reduce_dims``.
+
+    ``BatchNorm((1, C), (0,))`` is ``nn.BatchNorm1d(C)``; ``BatchNorm((1, C, 1, 1), (0, 2, 3))``
+    is ``nn.BatchNorm2d(C)``; ``BatchNorm((G, 1, C), (1,))`` keeps separate statistics for G
+    stacked nets whose inputs are laid out (net, batch, feature).
+
+    ``impl="torch"`` computes the same thing with ``F.batch_norm`` (torch's fused kernel).
+    """
+
+    def __init__(
+        self, stats_shape: tuple[int, ...], reduce_dims: tuple[int, ...], impl: BNImpl = "bnlab"
+    ) -> None:
+        super().__init__()
+        self.reduce_dims = reduce_dims
+        self.impl = impl
+        self.gamma = nn.Parameter(torch.ones(stats_shape))
+        self.beta = nn.Parameter(torch.zeros(stats_shape))
+        self.register_buffer("running_mean", torch.zeros(stats_shape))
+        self.register_buffer("running_var", torch.ones(stats_shape))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x: Tensor, mode: BNMode) -> Tensor:
+        if mode == "train":
+            self.num_batches_tracked.add_(1)
+        if self.impl == "torch":
+            return self._torch_forward(x, mode)
+        if mode == "population":
+            scale = torch.rsqrt(self.running_var + EPSILON) * self.gamma
+            return (x - self.running_mean) * scale + self.beta
+        mean = x.mean(dim=self.reduce_dims, keepdim=True)
+        var = x.var(dim=self.reduce_dims, unbiased=False, keepdim=True)
+        if mode == "train":
+            count = x.numel() // mean.numel()
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, MOMENTUM)
+                self.running_var.lerp_(var * (count / (count - 1)), MOMENTUM)
+        return (x - mean) * torch.rsqrt(var + EPSILON) * self.gamma + self.beta
+
+    def _torch_forward(self, x: Tensor, mode: BNMode) -> Tensor:
+        # F.batch_norm wants (batch, feature, rest...): move the reduced dims to the ends,
+        # fold every feature dim into one, and put the shape back afterwards.
+        first, *rest = self.reduce_dims
+        features = [d for d in range(x.dim()) if d not in self.reduce_dims]
+        order = [first, *features, *rest]
+        moved = x.permute(order)
+        flat = moved.reshape(moved.shape[0], self.gamma.numel(), -1)
+        out = F.batch_norm(
+            flat,
+            self.running_mean.view(-1) if mode != "batch" else None,
+            self.running_var.view(-1) if mode != "batch" else None,
+            self.gamma.reshape(-1),
+            self.beta.reshape(-1),
+            training=mode != "population",
+            momentum=MOMENTUM,
+            eps=EPSILON,
+        )
+        return out.reshape(moved.shape).permute(_inverse(order))
+
+
+def _inverse(order: list[int]) -> list[int]:
+    inverse = [0] * len(order)
+    for position, dim in enumerate(order):
+        inverse[dim] = position
+    return inverse

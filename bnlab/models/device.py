@@ -1,0 +1,24 @@
+"""Where training and inference run: `cpu` or `cuda[:N]`, through the same code path."""
+
+import torch
+
+
+class DeviceUnavailable(Exception):
+    """A device was asked for that this machine does not have."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`cpu`, `cuda` or `cuda:N`. CUDA is touched only when asked for."""
+    device = torch.device(name)
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise DeviceUnavailable(f"unknown device {name!r}: use 'cpu', 'cuda' or 'cuda:N'")
+    if not torch.cuda.is_available():
+        raise DeviceUnavailable(f"{name!r} was asked for, but no CUDA GPU is visible on this machine")
+    index = device.index or 0
+    if index >= torch.cuda.device_count():
+        raise DeviceUnavailable(
+            f"{name!r} was asked for, but this machine has {torch.cuda.device_count()} GPU(s)"
+        )
+    return torch.device("cuda", index)

@@ -1,0 +1,100 @@
+"""Inference in BN's three ways.
+
+- ``population``: BN uses its running (population) statistics, as a served model should.
+- ``batch``: BN normalizes with the statistics of exactly the images given and leaves the running
+  statistics alone. One image has zero variance, so every BN output equals beta and every image
+  gets the same prediction: the collapse the study shows.
+- ``fused``: ``population`` with BN folded into the preceding layer's weight and bias, so serving
+  runs a plain net.
+
+A `plain` net has no BN and ignores the mode; `Prediction.mode_applies` says so.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from bnlab.models.batchnorm import EPSILON
+from bnlab.models.data import Split, to_inputs
+from bnlab.models.network import NetStack
+
+Mode = Literal["population", "batch", "fused"]
+MODES: tuple[Mode, ...] = ("population", "batch", "fused")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    classes: list[int]
+    probabilities: list[list[float]]
+    mode: Mode
+    mode_applies: bool  # False for a plain net: it has no BN, every mode is the same
+
+
+@torch.no_grad()
+def logits(stack: NetStack, images: Tensor, mode: Mode) -> Tensor:
+    """Logits (net, image, class) for uint8 or [0, 1] float images (N, 28, 28)."""
+    inputs = to_inputs(images) if images.dtype == torch.uint8 else images
+    if mode == "fused" and stack.n_bn:
+        stack = fuse(stack)
+    return stack(inputs, "batch" if mode == "batch" else "population")
+
+
+class ServedNet:
+    """One net ready to serve: its stack in eval mode, and its BN-fused twin, made once."""
+
+    def __init__(self, stack: NetStack) -> None:
+        assert stack.size == 1, "a served net is a stack of one"
+        self.stack = stack.eval()
+        self.fused = fuse(stack) if stack.n_bn else self.stack
+
+    @property
+    def has_bn(self) -> bool:
+        return self.stack.n_bn > 0
+
+    def predict(self, images: Tensor, mode: Mode) -> Prediction:
+        """Predictions for a batch of images (N, 28, 28)."""
+        stack = self.fused if mode == "fused" else self.stack
+        probabilities = logits(stack, images, mode)[0].softmax(dim=1)
+        return Prediction(
+            classes=probabilities.argmax(dim=1).tolist(),
+            probabilities=probabilities.tolist(),
+            mode=mode,
+            mode_applies=self.has_bn,
+        )
+
+
+def accuracy(stack: NetStack, split: Split, mode: Mode, batch_size: int = 1000) -> list[float]:
+    """Each net's accuracy on a whole split, evaluated `batch_size` images at a time (in `batch`
+    mode the batch size is what decides the statistics, so it matters)."""
+    correct = torch.zeros(stack.size, dtype=torch.long, device=split.labels.device)
+    for start in range(0, len(split), batch_size):
+        chunk = slice(start, start + batch_size)
+        guesses = logits(stack, split.images[chunk], mode).argmax(dim=2)
+        correct += (guesses == split.labels[chunk]).sum(dim=1)
+    return (correct.double() / len(split)).tolist()
+
+
+@torch.no_grad()
+def fuse(stack: NetStack) -> NetStack:
+    """The same nets with BN folded into the layer before it: W' = W * s, b' = beta - mean * s,
+    s = gamma / sqrt(running_var + eps). Equal to ``population`` up to float rounding."""
+    states = [_fused_state(stack.net_state(i), stack) for i in range(stack.size)]
+    fused = NetStack.from_net_states(stack.arch, ["plain"] * stack.size, states, stack.bn_impl)
+    return fused.to(stack.output_bias.device).eval()
+
+
+def _fused_state(state: dict[str, Tensor], stack: NetStack) -> dict[str, Tensor]:
+    n_hidden = len(stack.arch.weight_shapes()) - 1
+    if "bn.0.gamma" not in state:
+        return state
+    fused = {"output_bias": state["output_bias"], f"weight.{n_hidden}": state[f"weight.{n_hidden}"]}
+    for i in range(n_hidden):
+        scale = state[f"bn.{i}.gamma"] * torch.rsqrt(state[f"bn.{i}.running_var"] + EPSILON)
+        weight = state[f"weight.{i}"]
+        # conv kernels are (out, in, k, k); linear weights are (in, out)
+        shape = (-1, 1, 1, 1) if weight.dim() == 4 else (1, -1)
+        fused[f"weight.{i}"] = weight * scale.view(shape)
+        fused[f"bias.{i}"] = state[f"bn.{i}.beta"] - state[f"bn.{i}.running_mean"] * scale
+    return fused

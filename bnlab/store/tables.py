@@ -1,0 +1,183 @@
+"""The SQL schema as typed ORM classes. The database gets it only through `bnlab/migrations`."""
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    false,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+VARIANTS = ("plain", "bn")
+QUEUES = ("cpu", "gpu")
+
+# Explicit names keep constraints identical on every backend, so migrations can refer to them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """DateTime(timezone=True) that always hands back aware UTC datetimes.
+
+    SQLite keeps no time zone: without this, the same column reads naive there and aware on
+    PostgreSQL, and `now - heartbeat_at` breaks on one of them. Naive input is refused because
+    its zone is a guess.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: give it a time zone (UTC)")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    __table_args__ = (
+        CheckConstraint(_one_of("status", STATUSES), name="status"),
+        CheckConstraint(_one_of("queue", QUEUES), name="queue"),
+        # Experiment ids reach clients and queue messages: SQLite must never reuse one.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    queue: Mapped[str] = mapped_column(String(8))
+    spec: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)  # a reason a person can act on
+    cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
+    progress_step: Mapped[int] = mapped_column(default=0)
+    progress_total: Mapped[int]
+    steps_per_second: Mapped[float | None] = mapped_column(Float)
+    eta_seconds: Mapped[float | None] = mapped_column(Float)
+    worker: Mapped[str | None] = mapped_column(String(255))  # hostname of the worker running it
+    # Fencing token: bumped each time a worker takes the job, so a stale worker's writes lose.
+    lease_token: Mapped[int] = mapped_column(default=0)
+    heartbeat_at: Mapped[datetime | None]
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+
+    runs: Mapped[list["Run"]] = relationship(
+        back_populates="experiment",
+        cascade="all, delete-orphan",
+        passive_deletes=True,  # the database's ON DELETE CASCADE does it in one statement
+        order_by="Run.variant",
+    )
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "variant"),
+        CheckConstraint(_one_of("variant", VARIANTS), name="variant"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    variant: Mapped[str] = mapped_column(String(8))
+    final_val_accuracy: Mapped[float | None] = mapped_column(Float)
+    test_accuracy: Mapped[float | None] = mapped_column(Float)
+    test_accuracy_batch_stats: Mapped[float | None] = mapped_column(Float)
+    steps_to_90: Mapped[int | None]
+    steps_to_95: Mapped[int | None]
+    diverged_at_step: Mapped[int | None]
+
+    experiment: Mapped[Experiment] = relationship(back_populates="runs")
+    points: Mapped[list["CurvePoint"]] = relationship(
+        back_populates="run",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="CurvePoint.step",
+    )
+    checkpoints: Mapped[list["Checkpoint"]] = relationship(
+        back_populates="run",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="Checkpoint.version",
+    )
+
+
+class CurvePoint(Base):
+    __tablename__ = "curve_points"
+    __table_args__ = (
+        UniqueConstraint("run_id", "step"),
+        CheckConstraint("step >= 0", name="step_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int]
+    val_accuracy: Mapped[float] = mapped_column(Float)
+    train_loss: Mapped[float | None] = mapped_column(Float)  # None at step 0 and when not finite
+
+    run: Mapped[Run] = relationship(back_populates="points")
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("run_id", "version"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(default=1)
+    step: Mapped[int]
+    path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+    run: Mapped[Run] = relationship(back_populates="checkpoints")
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+
+    hostname: Mapped[str] = mapped_column(String(255), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(8))
+    started_at: Mapped[datetime]
+    last_seen: Mapped[datetime]
