@@ -1,4 +1,5 @@
-"""Shared fixtures: fresh databases (SQLite file, PostgreSQL database) and a Redis db.
+"""Shared fixtures: fresh databases (SQLite file, PostgreSQL database), a Redis db, and a small
+MNIST-like dataset written as real IDX files.
 
 Servers are optional on a laptop (their tests skip, saying why) but required in CI, where
 `.ci/run` starts them: there a missing server fails the run instead of skipping silently.
@@ -15,6 +16,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from bnlab.store.db import make_engine
+from tests.idx import write_idx_dataset
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 REDIS_HOST, REDIS_PORT, REDIS_TEST_DB = "127.0.0.1", 6379, 15
@@ -74,3 +76,10 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """The same test once on SQLite (embedded) and once on PostgreSQL (production)."""
     url: str = request.getfixturevalue(f"{request.param}_url")
     return url
+
+
+@pytest.fixture(scope="session")
+def idx_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory holding a small learnable MNIST stand-in as real IDX files:
+    `MNIST/raw/` with 1,200 training and 300 test images (see tests/idx.py)."""
+    return write_idx_dataset(tmp_path_factory.mktemp("data"))

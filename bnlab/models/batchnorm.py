@@ -29,7 +29,6 @@ and :math:`\beta = 0` at the start.
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 EPSILON = 1e-3
@@ -72,13 +71,16 @@ class BatchNorm(nn.Module):
             scale = torch.rsqrt(self.running_var + EPSILON) * self.gamma
             return (x - self.running_mean) * scale + self.beta
         mean = x.mean(dim=self.reduce_dims, keepdim=True)
-        var = x.var(dim=self.reduce_dims, unbiased=False, keepdim=True)
+        centered = x - mean
+        # mean of squares rather than x.var(): the same biased variance, several times faster
+        # on CPU for a reduction over a leading dim
+        var = (centered * centered).mean(dim=self.reduce_dims, keepdim=True)
         if mode == "train":
             count = x.numel() // mean.numel()
             with torch.no_grad():
                 self.running_mean.lerp_(mean, MOMENTUM)
                 self.running_var.lerp_(var * (count / (count - 1)), MOMENTUM)
-        return (x - mean) * torch.rsqrt(var + EPSILON) * self.gamma + self.beta
+        return centered * torch.rsqrt(var + EPSILON) * self.gamma + self.beta
 
     def _torch_forward(self, x: Tensor, mode: BNMode) -> Tensor:
         # F.batch_norm wants (batch, feature, rest...): move the reduced dims to the ends,
@@ -88,15 +90,18 @@ class BatchNorm(nn.Module):
         order = [first, *features, *rest]
         moved = x.permute(order)
         flat = moved.reshape(moved.shape[0], self.gamma.numel(), -1)
-        out = F.batch_norm(
+        # torch.batch_norm is what F.batch_norm calls, minus its check that refuses a single
+        # value per feature: `batch` mode on one image is exactly that case (and yields beta).
+        out = torch.batch_norm(
             flat,
-            self.running_mean.view(-1) if mode != "batch" else None,
-            self.running_var.view(-1) if mode != "batch" else None,
             self.gamma.reshape(-1),
             self.beta.reshape(-1),
-            training=mode != "population",
-            momentum=MOMENTUM,
-            eps=EPSILON,
+            self.running_mean.view(-1) if mode != "batch" else None,
+            self.running_var.view(-1) if mode != "batch" else None,
+            mode != "population",
+            MOMENTUM,
+            EPSILON,
+            torch.backends.cudnn.enabled,
         )
         return out.reshape(moved.shape).permute(_inverse(order))
 

@@ -9,11 +9,15 @@ class DeviceUnavailable(Exception):
 
 def resolve_device(name: str) -> torch.device:
     """`cpu`, `cuda` or `cuda:N`. CUDA is touched only when asked for."""
-    device = torch.device(name)
+    unknown = DeviceUnavailable(f"unknown device {name!r}: use 'cpu', 'cuda' or 'cuda:N'")
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # not a device string at all ('gpu', '')
+        raise unknown from None
     if device.type == "cpu":
         return device
     if device.type != "cuda":
-        raise DeviceUnavailable(f"unknown device {name!r}: use 'cpu', 'cuda' or 'cuda:N'")
+        raise unknown
     if not torch.cuda.is_available():
         raise DeviceUnavailable(f"{name!r} was asked for, but no CUDA GPU is visible on this machine")
     index = device.index or 0

@@ -110,18 +110,27 @@ class NetStack(nn.Module):
 
     def forward(self, images: Tensor, mode: BNMode) -> Tensor:
         n_conv = len(self.arch.conv_channels)
-        if n_conv:
-            h = images.unsqueeze(1).expand(-1, self.size, -1, -1)
-            for i in range(n_conv):
-                kernel = self.weights[i]
-                z = F.conv2d(h, kernel.flatten(0, 1), padding="same", groups=self.size)
-                h = F.max_pool2d(self.act(self._bias_or_norm(i, z, mode, channel_dim=1)), 2)
-            h = h.flatten(2).view(h.shape[0], self.size, -1).transpose(0, 1)
-        else:
-            h = images.flatten(1)
+        h = self._conv_features(images, mode) if n_conv else images.flatten(1)
         for i in range(n_conv, len(self.weights) - 1):
-            h = self.act(self._bias_or_norm(i, torch.matmul(h, self.weights[i]), mode, 0))
-        return torch.matmul(h, self.weights[-1]) + self.output_bias
+            h = self.act(self._bias_or_norm(i, self._linear(h, i), mode, channel_dim=0))
+        return self._linear(h, len(self.weights) - 1) + self.output_bias
+
+    def _linear(self, h: Tensor, layer: int) -> Tensor:
+        weight = self.weights[layer]
+        if h.dim() == 3:
+            return torch.matmul(h, weight)
+        # Every net sees the same images: one (batch, in) x (in, nets * out) GEMM, where a
+        # batched matmul would copy the images once per net.
+        z = h @ weight.transpose(0, 1).flatten(1)
+        return z.view(z.shape[0], self.size, -1).transpose(0, 1)
+
+    def _conv_features(self, images: Tensor, mode: BNMode) -> Tensor:
+        """Conv layers, nets as groups of one grouped convolution; returns (net, batch, feature)."""
+        h = images.unsqueeze(1).expand(-1, self.size, -1, -1)
+        for i in range(len(self.arch.conv_channels)):
+            z = F.conv2d(h, self.weights[i].flatten(0, 1), padding="same", groups=self.size)
+            h = F.max_pool2d(self.act(self._bias_or_norm(i, z, mode, channel_dim=1)), 2)
+        return h.flatten(2).view(h.shape[0], self.size, -1).transpose(0, 1)
 
     def _bias_or_norm(self, layer: int, z: Tensor, mode: BNMode, channel_dim: int) -> Tensor:
         """Plain nets add their bias, bn nets normalize; the nets lie along `channel_dim`."""

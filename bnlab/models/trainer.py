@@ -1,14 +1,20 @@
 """The paired trainer: nets stepping in lockstep on one reproducible sequence of mini-batches.
 
-Every net of a `NetStack` sees the same batches. Plain SGD: each net's loss is weighted by its
-own learning rate and torch's SGD steps with lr 1, which is the same update with one optimizer
-for the whole stack. Every `batches_per_sample` steps (and at step 0, before any training) the
-trainer reports each net's validation accuracy with population statistics and its mean training
-loss since the last report. A net whose loss turns non-finite is `diverged`: it is taken out of
-the stack and frozen while the others carry on.
+Nets train in *lanes*: a lane is one `NetStack` (one or more nets computed as one module) stepped
+by one thread; lanes run in parallel, one core each, and meet at every sample point. The study's
+pair is two lanes of one net, so `plain` and `bn` train on both cores at once.
+
+Plain SGD: each net's loss is weighted by its own learning rate and torch's SGD steps with lr 1,
+the same update with one optimizer for a whole stack. Every `batches_per_sample` steps (and at
+step 0, before any training) the trainer reports each net's validation accuracy with population
+statistics and its mean training loss since the last report. A net whose loss turns non-finite
+is `diverged`: it is taken out of its stack and frozen while the others carry on.
 """
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -52,37 +58,116 @@ class Sample:
 TrainerEnd = Literal["finished", "cancelled"]
 
 
-class Trainer:
-    """Trains the nets of a stack, named by `labels`, with one learning rate each."""
+@dataclass(frozen=True)
+class Net:
+    label: str
+    variant: Variant
+    learning_rate: float
 
-    def __init__(
-        self,
-        stack: NetStack,
-        labels: Sequence[str],
-        learning_rates: Sequence[float],
-        splits: Splits,
-        spec: TrainingSpec,
-    ) -> None:
-        self.device = stack.output_bias.device
-        self.spec = spec
-        self.labels = list(labels)
-        self.variants = dict(zip(self.labels, stack.variants, strict=True))
-        self.learning_rates = dict(zip(self.labels, learning_rates, strict=True))
-        self.train = splits.train.to(self.device)
-        self.validation = splits.validation.to(self.device)
-        self.order = BatchOrder(len(self.train), spec.batch_size, spec.seed, self.device)
-        self.step = 0
+
+class Lane:
+    """Nets of one stack, stepped together by one thread."""
+
+    def __init__(self, stack: NetStack, nets: Sequence[Net], train: Split, spec: TrainingSpec):
+        self.nets = {net.label: net for net in nets}
+        self.train_split = train
+        self.order = BatchOrder(len(train), spec.batch_size, spec.seed, train.labels.device)
         self.diverged_at: dict[str, int] = {}
         self.frozen: dict[str, dict[str, Tensor]] = {}  # diverged nets, as they were
-        self._loss_sum = torch.zeros(len(self.labels), device=self.device, dtype=torch.float64)
+        self._use(stack, [net.label for net in nets])
+        self._loss_sum = torch.zeros(len(nets), dtype=torch.float64, device=train.labels.device)
         self._loss_steps = 0
-        self._use(stack, self.labels)
 
     def _use(self, stack: NetStack, active: list[str]) -> None:
         self.stack = stack
         self.active = active
         self.optimizer = torch.optim.SGD(stack.parameters(), lr=1.0, foreach=True)
-        self._loss_weights = torch.tensor([self.learning_rates[n] for n in active]).to(self.device)
+        rates = [self.nets[label].learning_rate for label in active]
+        self._loss_weights = torch.tensor(rates, device=self.train_split.labels.device)
+
+    def train(self, first_step: int, end_step: int) -> None:
+        for step in range(first_step, end_step):
+            if self.active:
+                self._train_step(step)
+
+    def _train_step(self, step: int) -> None:
+        indices = self.order.indices(step)
+        logits = self.stack(to_inputs(self.train_split.images[indices]), "train")
+        labels = self.train_split.labels[indices].repeat(len(self.active))
+        losses = F.cross_entropy(logits.flatten(0, 1), labels, reduction="none")
+        losses = losses.view(len(self.active), -1).mean(dim=1)
+        self.optimizer.zero_grad(set_to_none=True)
+        (losses * self._loss_weights).sum().backward()
+        self.optimizer.step()
+        self._loss_sum += losses.detach()
+        self._loss_steps += 1
+        finite = torch.isfinite(losses)
+        if not finite.all():
+            self._freeze_diverged(finite.tolist(), step + 1)
+
+    def _freeze_diverged(self, finite: list[bool], step: int) -> None:
+        """Take the nets whose loss is not finite out of the stack; the others carry on."""
+        for index, label in enumerate(self.active):
+            if not finite[index]:
+                self.diverged_at[label] = step
+                self.frozen[label] = self.stack.net_state(index)
+        keep = [i for i, ok in enumerate(finite) if ok]
+        self._loss_sum = self._loss_sum[keep]
+        active = [self.active[i] for i in keep]
+        self._rebuild({label: self.net_state(label) for label in active})
+
+    def _rebuild(self, states: dict[str, dict[str, Tensor]]) -> None:
+        """A stack of the nets in `states` (the ones still stepping), from those states."""
+        if not states:  # every net of the lane diverged: nothing is left to step
+            self.active = []
+            return
+        active = list(states)
+        variants = [self.nets[label].variant for label in active]
+        arch, bn_impl = self.stack.arch, self.stack.bn_impl
+        stack = NetStack.from_net_states(arch, variants, list(states.values()), bn_impl)
+        self._use(stack.to(self.train_split.labels.device), active)
+
+    def net_state(self, label: str) -> dict[str, Tensor]:
+        """One net's tensors (frozen ones as they were when they diverged)."""
+        if label in self.frozen:
+            return self.frozen[label]
+        return self.stack.net_state(self.active.index(label))
+
+    def sample(self, validation: Split) -> dict[str, NetSample]:
+        val_accuracy = accuracy(self.stack, validation, "population") if self.active else []
+        mean_loss = (self._loss_sum / max(self._loss_steps, 1)).tolist()
+        samples = {
+            label: NetSample(val_accuracy[i], mean_loss[i] if self._loss_steps else None)
+            for i, label in enumerate(self.active)
+        }
+        self._loss_sum.zero_()
+        self._loss_steps = 0
+        return samples
+
+    def restore(self, states: dict[str, dict[str, Tensor]], diverged_at: dict[str, int]) -> None:
+        self.diverged_at = {label: diverged_at[label] for label in self.nets if label in diverged_at}
+        self.frozen = {label: states[label] for label in self.diverged_at}
+        active = {label: states[label] for label in self.nets if label not in self.diverged_at}
+        self._loss_sum = torch.zeros(len(active), dtype=torch.float64, device=self._loss_sum.device)
+        self._rebuild(active)
+
+
+class Trainer:
+    """Trains lanes of nets in lockstep, reporting a `Sample` at every sample point."""
+
+    def __init__(self, lanes: Sequence[Lane], validation: Split, spec: TrainingSpec) -> None:
+        self.lanes = list(lanes)
+        self.validation = validation
+        self.spec = spec
+        self.step = 0
+
+    @property
+    def labels(self) -> list[str]:
+        return [label for lane in self.lanes for label in lane.nets]
+
+    @property
+    def diverged_at(self) -> dict[str, int]:
+        return {label: step for lane in self.lanes for label, step in lane.diverged_at.items()}
 
     def run(
         self,
@@ -92,80 +177,25 @@ class Trainer:
         """Train to `training_batches`, from wherever the trainer stands (0 or a resumed step)."""
         if self.step == 0:
             on_sample(self._sample())
-        while self.step < self.spec.training_batches:
-            if not self.active:  # every net diverged: nothing left to train
-                self.step = self.spec.training_batches
-                on_sample(self._sample())
-                break
-            self._train_step()
-            if self.step % self.spec.batches_per_sample == 0 or (
-                self.step == self.spec.training_batches
-            ):
-                on_sample(self._sample())
-                if self.step < self.spec.training_batches and should_cancel():
+        with _threads_per_lane(len(self.lanes)) as pool:
+            while self.step < self.spec.training_batches:
+                if should_cancel():
                     return "cancelled"
+                end = min(self.step + self.spec.batches_per_sample, self.spec.training_batches)
+                list(pool.map(lambda lane: lane.train(self.step, end), self.lanes))
+                self.step = end
+                on_sample(self._sample())
         return "finished"
 
-    def _train_step(self) -> None:
-        indices = self.order.indices(self.step)
-        images, labels = self.train.images[indices], self.train.labels[indices]
-        logits = self.stack(to_inputs(images), "train")
-        losses = F.cross_entropy(
-            logits.flatten(0, 1), labels.repeat(len(self.active)), reduction="none"
-        ).view(len(self.active), -1).mean(dim=1)
-        self.optimizer.zero_grad(set_to_none=True)
-        (losses * self._loss_weights).sum().backward()
-        self.optimizer.step()
-        self.step += 1
-        self._loss_sum += losses.detach()
-        self._loss_steps += 1
-        if not torch.isfinite(losses).all():
-            self._freeze_diverged(torch.isfinite(losses).tolist())
-
-    def _freeze_diverged(self, finite: list[bool]) -> None:
-        """Take the nets whose loss is not finite out of the stack; the others carry on."""
-        for index, label in enumerate(self.active):
-            if not finite[index]:
-                self.diverged_at[label] = self.step
-                self.frozen[label] = self.stack.net_state(index)
-        keep = [i for i, ok in enumerate(finite) if ok]
-        self._loss_sum = self._loss_sum[keep]
-        self._rebuild_stack([self.active[i] for i in keep])
-
-    def _rebuild_stack(self, active: list[str], states: dict[str, dict[str, Tensor]] | None = None) -> None:
-        """A stack of the `active` nets only, from their current (or the given) states."""
-        states = states or {label: self.net_state(label) for label in active}
-        variants = [self.variants[label] for label in active]
-        stack = NetStack.from_net_states(
-            self.stack.arch, variants, [states[label] for label in active], self.stack.bn_impl
-        )
-        self._use(stack.to(self.device), active)
+    def _sample(self) -> Sample:
+        nets = {k: v for lane in self.lanes for k, v in lane.sample(self.validation).items()}
+        return Sample(self.step, nets, self.diverged_at)
 
     def net_state(self, label: str) -> dict[str, Tensor]:
-        """One net's tensors (frozen ones as they were when they diverged)."""
-        if label in self.frozen:
-            return self.frozen[label]
-        return self.stack.net_state(self.active.index(label))
-
-    def _sample(self) -> Sample:
-        val_accuracy = accuracy(self.stack, self.validation, "population") if self.active else []
-        mean_loss = (self._loss_sum / max(self._loss_steps, 1)).tolist()
-        nets = {
-            label: NetSample(
-                val_accuracy=val_accuracy[i],
-                train_loss=mean_loss[i] if self._loss_steps else None,
-            )
-            for i, label in enumerate(self.active)
-        }
-        self._loss_sum.zero_()
-        self._loss_steps = 0
-        return Sample(self.step, nets, dict(self.diverged_at))
-
-    # Saving and restoring: enough to continue exactly where a sample point left off.
+        return next(lane.net_state(label) for lane in self.lanes if label in lane.nets)
 
     def state(self) -> tuple[dict[str, Tensor], dict[str, object]]:
-        """Tensors and metadata of the whole training state, as of the last sample point."""
-        assert self._loss_steps == 0, "state is taken at sample points"
+        """Tensors and metadata of the whole training state at a sample point."""
         tensors = {
             f"{label}/{name}": tensor
             for label in self.labels
@@ -174,16 +204,28 @@ class Trainer:
         return tensors, {"step": self.step, "diverged_at": self.diverged_at}
 
     def restore(self, tensors: dict[str, Tensor], meta: dict) -> None:
-        states = {label: {} for label in self.labels}
+        """Continue from a `state()`: the same weights, BN buffers, step and diverged nets."""
+        states: dict[str, dict[str, Tensor]] = {label: {} for label in self.labels}
         for key, tensor in tensors.items():
             label, name = key.split("/", 1)
-            states[label][name] = tensor.to(self.device)
+            states[label][name] = tensor
+        diverged_at = {label: int(step) for label, step in meta["diverged_at"].items()}
+        for lane in self.lanes:
+            lane.restore(states, diverged_at)
         self.step = int(meta["step"])
-        self.diverged_at = {k: int(v) for k, v in meta["diverged_at"].items()}
-        self.frozen = {label: states[label] for label in self.diverged_at}
-        self._loss_sum = torch.zeros(len(self.labels) - len(self.frozen), device=self.device, dtype=torch.float64)
-        active = [label for label in self.labels if label not in self.diverged_at]
-        self._rebuild_stack(active, states)
+
+
+@contextmanager
+def _threads_per_lane(n_lanes: int) -> Iterator[ThreadPoolExecutor]:
+    """A thread per lane, and torch's intra-op threads shared out so lanes don't oversubscribe
+    the cores (tiny per-net ops gain little from a second thread; a second net gains 2x)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_lanes) if n_lanes > 1 else before)
+    try:
+        with ThreadPoolExecutor(max_workers=n_lanes, thread_name_prefix="bnlab-lane") as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(before)
 
 
 def paired_trainer(
@@ -193,13 +235,23 @@ def paired_trainer(
     device: torch.device,
     bn_impl: BNImpl = "bnlab",
 ) -> Trainer:
-    """The study's pair: `plain` and `bn`, from copies of the same initial weights."""
+    """The study's pair, `plain` and `bn`, from copies of the same initial weights, a lane each."""
     weights = initial_weights(arch, spec.weight_std, spec.seed)
-    stack = NetStack(arch, VARIANTS, [weights, weights], bn_impl).to(device)
-    return Trainer(stack, VARIANTS, [spec.learning_rate] * 2, splits, spec)
+    train = splits.train.to(device)
+    lanes = [
+        Lane(
+            NetStack(arch, [variant], [weights], bn_impl).to(device),
+            [Net(variant, variant, spec.learning_rate)],
+            train,
+            spec,
+        )
+        for variant in VARIANTS
+    ]
+    return Trainer(lanes, splits.validation.to(device), spec)
 
 
-def first_step_reaching(steps: Sequence[int], accuracies: Sequence[float], level: float) -> int | None:
+def first_step_reaching(
+    steps: Sequence[int], accuracies: Sequence[float], level: float
+) -> int | None:
     """The first sampled step whose validation accuracy reached `level`, or None."""
     return next((s for s, a in zip(steps, accuracies, strict=True) if a >= level), None)
-

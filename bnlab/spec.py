@@ -1,0 +1,96 @@
+"""What a user asks for: one experiment of the study. Validated by the API, read by the worker."""
+
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from bnlab.models.network import ACTIVATIONS, Architecture
+from bnlab.models.trainer import TrainingSpec
+
+GOOD_WEIGHT_STD = 0.05
+BAD_WEIGHT_STD = 5.0
+# What the study's datasets hold: the validation split is cut from the 60,000 training images.
+TRAINING_IMAGES = 60_000
+
+Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu", "elu"]
+assert set(Activation.__args__) == set(ACTIVATIONS)
+
+
+class ExperimentSpec(BaseModel):
+    """One paired experiment. The defaults are the study's."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={
+            "examples": [
+                {"activation": "relu", "learning_rate": 0.01, "use_bad_weights": False},
+                {
+                    "dataset": "fashion-mnist",
+                    "activation": "sigmoid",
+                    "learning_rate": 1.0,
+                    "training_batches": 2000,
+                    "batches_per_sample": 50,
+                    "seed": 7,
+                },
+            ]
+        },
+    )
+
+    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
+    activation: Activation = "relu"
+    learning_rate: float = Field(0.01, gt=0, le=100, description="Plain SGD step size.")
+    use_bad_weights: bool = Field(
+        False, description="The study's 'bad' initial weights: normal with std 5.0 (else 0.05)."
+    )
+    weight_std: float | None = Field(
+        None, gt=0, le=100, description="Any std for the normal initial weights instead."
+    )
+    training_batches: int = Field(50_000, ge=1, le=1_000_000)
+    batches_per_sample: int = Field(500, ge=1, description="Validation accuracy sampled every N.")
+    batch_size: int = Field(60, ge=2, le=4096, description="BN cannot train on one example.")
+    hidden_layers: list[int] = Field([100, 100, 100], min_length=1, max_length=10)
+    conv_channels: list[int] = Field(
+        [], max_length=3, description="Conv layers before the MLP head, e.g. [8, 16]; [] = MLP."
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: Literal["cpu", "gpu"] = "cpu"
+    validation_size: int = Field(5000, ge=100, le=TRAINING_IMAGES // 2)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.batches_per_sample > self.training_batches:
+            raise ValueError(
+                f"batches_per_sample ({self.batches_per_sample}) cannot exceed "
+                f"training_batches ({self.training_batches})"
+            )
+        if self.use_bad_weights and self.weight_std is not None:
+            raise ValueError("give either use_bad_weights or weight_std, not both")
+        if not all(1 <= width <= 4096 for width in self.hidden_layers):
+            raise ValueError("hidden_layers: each width must be between 1 and 4096")
+        if not all(1 <= channels <= 256 for channels in self.conv_channels):
+            raise ValueError("conv_channels: each count must be between 1 and 256")
+        return self
+
+    @property
+    def initial_std(self) -> float:
+        if self.weight_std is not None:
+            return self.weight_std
+        return BAD_WEIGHT_STD if self.use_bad_weights else GOOD_WEIGHT_STD
+
+    def architecture(self) -> Architecture:
+        return Architecture(
+            activation=self.activation,
+            hidden_layers=tuple(self.hidden_layers),
+            conv_channels=tuple(self.conv_channels),
+        )
+
+    def training(self) -> TrainingSpec:
+        return TrainingSpec(
+            learning_rate=self.learning_rate,
+            training_batches=self.training_batches,
+            batches_per_sample=self.batches_per_sample,
+            batch_size=self.batch_size,
+            weight_std=self.initial_std,
+            seed=self.seed,
+        )

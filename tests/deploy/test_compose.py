@@ -1,0 +1,301 @@
+"""The production deployment (`docker compose up`), checked statically: no Docker engine needed.
+
+The compose file must be valid Compose, run only real `bnlab` commands, set only real settings,
+and wire the services together the way design.md describes (migrate first, checkpoints shared by
+the API and every worker, the GPU worker on queue `gpu` with an NVIDIA device reserved).
+"""
+
+import json
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import typer
+import yaml
+from jsonschema import Draft7Validator
+from sqlalchemy.engine import make_url
+
+from bnlab.cli import Queue, app
+from bnlab.settings import Settings
+
+REPO_ROOT = Path(__file__).parents[2]
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+COMPOSE_SCHEMA = REPO_ROOT.parent / "shared/compose-spec/compose-spec.json"
+
+# `${NAME}`, `${NAME:-default}` or `${NAME-default}`: Compose's interpolation syntax.
+INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}")
+
+
+def load_compose() -> dict[str, Any]:
+    """The compose file as Compose sees it: YAML anchors and merge keys resolved."""
+    compose: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return compose
+
+
+COMPOSE = load_compose()
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+
+
+def interpolate(value: str) -> str:
+    """Resolve `${NAME:-default}` to its default, as `docker compose up` does with NAME unset."""
+
+    def default(match: re.Match[str]) -> str:
+        if match["default"] is None:
+            pytest.fail(f"{match[0]} has no default: `docker compose up` needs it set")
+        return match["default"]
+
+    return INTERPOLATION.sub(default, value)
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment (mapping or `KEY=value` list), interpolated to defaults."""
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) for item in raw)
+    return {key: interpolate(str(value)) for key, value in raw.items()}
+
+
+def built_here(service: dict[str, Any]) -> bool:
+    build = service.get("build")
+    context = build.get("context") if isinstance(build, dict) else build
+    return context in (".", "./")
+
+
+def bnlab_services() -> list[str]:
+    return [name for name, service in SERVICES.items() if built_here(service)]
+
+
+def parse_bnlab_command(argv: list[str]) -> tuple[str, dict[str, Any]]:
+    """Parse argv as the `bnlab` command line would: unknown commands, options or choices raise."""
+    group = typer.main.get_command(app)  # the click group behind the typer app
+    with group.make_context("bnlab", list(argv), resilient_parsing=False) as context:
+        name, command, rest = group.resolve_command(context, list(argv))
+        assert name is not None and command is not None
+        with command.make_context(name, rest, parent=context) as command_context:
+            return name, command_context.params
+
+
+def workers() -> list[str]:
+    return [name for name in bnlab_services() if SERVICES[name]["command"][0] == "worker"]
+
+
+def queue_of(service_name: str) -> Queue:
+    name, params = parse_bnlab_command(SERVICES[service_name]["command"])
+    assert name == "worker"
+    return Queue(params["queue"])
+
+
+def volume_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> source for each volume of a service (short or long syntax)."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+        else:
+            source, target = volume.get("source", ""), volume["target"]
+        mounts[target] = source
+    return mounts
+
+
+def dockerfile_instructions(name: str) -> list[str]:
+    """The arguments of each Dockerfile instruction `name` (e.g. RUN), line continuations joined."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    pattern = re.compile(rf"^\s*{name}\s+(.*)$", re.IGNORECASE | re.MULTILINE)
+    return [match.strip() for match in pattern.findall(text)]
+
+
+def dockerfile_environment() -> dict[str, str]:
+    env = {}
+    for arguments in dockerfile_instructions("ENV"):
+        for pair in shlex.split(arguments):
+            key, _, value = pair.partition("=")
+            env[key] = value
+    return env
+
+
+# --- the file itself ---------------------------------------------------------------------------
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    if not COMPOSE_SCHEMA.exists():
+        reason = f"Compose specification schema not found at {COMPOSE_SCHEMA}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; in CI the shared schema is expected")
+        pytest.skip(reason)
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    errors = sorted(
+        Draft7Validator(schema).iter_errors(COMPOSE), key=lambda error: list(map(str, error.path))
+    )
+    messages = [
+        f"{'.'.join(map(str, error.path)) or '<root>'}: {error.message}" for error in errors
+    ]
+    assert not messages, "\n".join(messages)
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def test_there_are_services_built_from_the_repository() -> None:
+    assert {"migrate", "api", "worker", "worker-gpu"} <= set(bnlab_services())
+
+
+@pytest.mark.parametrize("service_name", bnlab_services())
+def test_each_service_runs_a_real_bnlab_command(service_name: str) -> None:
+    command = SERVICES[service_name].get("command")
+    assert isinstance(command, list), f"{service_name}: command should be an exec-form list"
+    parse_bnlab_command(command)  # raises a usage error on anything `bnlab` would reject
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["serve"], "No such command"),
+        (["worker", "--queue", "tpu"], "'tpu' is not one of"),
+        (["worker", "--threads", "2"], "No such option"),
+        (["worker", "--concurrency", "0"], "greater than or equal to 1|not in the range"),
+        (["api", "extra"], "unexpected extra argument"),
+    ],
+)
+def test_command_check_rejects_what_bnlab_would_reject(argv: list[str], error: str) -> None:
+    # typer may ship its own copy of click, so match the usage error by its message.
+    with pytest.raises(Exception, match=error):
+        parse_bnlab_command(argv)
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+def test_every_bnlab_variable_is_a_setting() -> None:
+    variables = {key for service in SERVICES.values() for key in environment(service)}
+    variables |= set(dockerfile_environment())
+    bnlab_variables = {key for key in variables if key.startswith("BNLAB_")}
+    assert bnlab_variables, "no BNLAB_ variables found in docker-compose.yml or the Dockerfile"
+    unknown = {
+        key
+        for key in bnlab_variables
+        if key.removeprefix("BNLAB_").lower() not in Settings.model_fields
+    }
+    assert not unknown, f"not fields of bnlab.settings.Settings (silently ignored): {unknown}"
+
+
+@pytest.mark.parametrize("service_name", bnlab_services())
+def test_settings_from_the_compose_environment_point_at_the_servers(
+    service_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in list(os.environ):
+        if key.startswith("BNLAB_"):
+            monkeypatch.delenv(key)
+    env = environment(SERVICES[service_name])
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    settings = Settings()
+
+    database = make_url(settings.database_url)
+    postgres = environment(SERVICES["postgres"])
+    assert database.get_backend_name() == "postgresql"
+    assert (database.host, database.port) == ("postgres", 5432)
+    assert database.username == postgres["POSTGRES_USER"]
+    assert database.password == postgres["POSTGRES_PASSWORD"]
+    assert database.database == postgres["POSTGRES_DB"]
+
+    broker = urlsplit(settings.broker_url)
+    assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379)
+    assert "redis" in SERVICES
+
+    assert settings.checkpoint_dir == Path(env["BNLAB_CHECKPOINT_DIR"])
+    assert settings.data_dir == Path(env["BNLAB_DATA_DIR"])
+    assert settings.host == "0.0.0.0"
+
+
+# --- wiring ------------------------------------------------------------------------------------
+
+
+def test_api_publishes_bnlab_port() -> None:
+    api = SERVICES["api"]
+    port = int(environment(api)["BNLAB_PORT"])
+    published = [str(mapping).rsplit(":", 1)[-1] for mapping in api["ports"]]
+    assert str(port) in published
+    assert dockerfile_instructions("EXPOSE") == [str(port)]
+
+
+def test_api_healthcheck_asks_for_health_on_bnlab_port() -> None:
+    api = SERVICES["api"]
+    port = environment(api)["BNLAB_PORT"]
+    test = api["healthcheck"]["test"]
+    command = " ".join(test) if isinstance(test, list) else test
+    assert re.search(rf"//(127\.0\.0\.1|localhost):{port}/health\b", command), command
+
+
+@pytest.mark.parametrize("service_name", ["api", *workers()])
+def test_checkpoints_volume_is_mounted_at_the_checkpoint_dir(service_name: str) -> None:
+    service = SERVICES[service_name]
+    checkpoint_dir = environment(service)["BNLAB_CHECKPOINT_DIR"]
+    assert volume_mounts(service).get(checkpoint_dir) == "checkpoints"
+    assert "checkpoints" in COMPOSE["volumes"]
+
+
+@pytest.mark.parametrize("service_name", workers())
+def test_datasets_volume_is_mounted_at_the_data_dir(service_name: str) -> None:
+    service = SERVICES[service_name]
+    data_dir = environment(service)["BNLAB_DATA_DIR"]
+    assert volume_mounts(service).get(data_dir) == "data"
+    assert "data" in COMPOSE["volumes"]
+
+
+def test_cpu_worker_starts_by_default_on_the_cpu_queue() -> None:
+    assert queue_of("worker") is Queue.cpu
+    assert not SERVICES["worker"].get("profiles")
+
+
+def test_gpu_worker_takes_the_gpu_queue_with_an_nvidia_device() -> None:
+    worker_gpu = SERVICES["worker-gpu"]
+    assert queue_of("worker-gpu") is Queue.gpu
+    assert worker_gpu.get("profiles") == ["gpu"]
+    devices = worker_gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert any(
+        device.get("driver") == "nvidia"
+        and device.get("count") == 1
+        and "gpu" in device.get("capabilities", [])
+        for device in devices
+    ), devices
+
+
+@pytest.mark.parametrize("service_name", ["api", *workers()])
+def test_migrate_completes_before_the_service_starts(service_name: str) -> None:
+    depends_on = SERVICES[service_name]["depends_on"]
+    assert depends_on["migrate"]["condition"] == "service_completed_successfully"
+    assert depends_on["redis"]["condition"] == "service_healthy"
+
+
+def test_migrate_runs_once_after_postgres_is_healthy() -> None:
+    migrate = SERVICES["migrate"]
+    assert parse_bnlab_command(migrate["command"])[0] == "migrate"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert migrate["restart"] == "no"  # a finished migration must not be restarted
+
+
+def test_servers_have_healthchecks() -> None:
+    assert "pg_isready" in " ".join(SERVICES["postgres"]["healthcheck"]["test"])
+    assert "ping" in " ".join(SERVICES["redis"]["healthcheck"]["test"])
+
+
+# --- the image ---------------------------------------------------------------------------------
+
+
+def test_dockerfile_installs_bnlab_and_runs_it_as_entrypoint() -> None:
+    assert dockerfile_instructions("ENTRYPOINT") == ['["bnlab"]']
+    assert dockerfile_instructions("CMD") == ['["api"]']
+    installs = [run for run in dockerfile_instructions("RUN") if re.search(r"pip install\b", run)]
+    assert any(re.search(r"pip install (--no-deps )?\.(\s|$)", run) for run in installs), installs
+
+
+def test_dockerfile_runs_as_a_user_other_than_root() -> None:
+    users = dockerfile_instructions("USER")
+    assert users, "no USER instruction: the container would run as root"
+    assert users[-1] not in ("root", "0")

@@ -1,0 +1,36 @@
+"""The engine's fixtures: the IDX stand-in loaded as the study's splits, and a trained pair."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bnlab.models.data import Splits, load_splits
+from bnlab.models.network import Architecture, NetStack, Variant
+from bnlab.models.trainer import Trainer, TrainingSpec, paired_trainer
+
+CPU = torch.device("cpu")
+VALIDATION_SIZE = 200
+
+
+@pytest.fixture(scope="session")
+def splits(idx_data_dir: Path) -> Splits:
+    return load_splits("mnist", idx_data_dir, download=False, validation_size=VALIDATION_SIZE)
+
+
+MLP = Architecture()
+
+
+@pytest.fixture(scope="session")
+def trained_pair(splits: Splits) -> Trainer:
+    """The study's MLP pair (relu), trained to high accuracy on the stand-in. Read it, don't run
+    it again: the session shares it."""
+    spec = TrainingSpec(learning_rate=0.5, training_batches=300, batches_per_sample=100)
+    trainer = paired_trainer(MLP, spec, splits, CPU)
+    trainer.run(lambda sample: None)
+    return trainer
+
+
+def stack_of_one(trainer: Trainer, label: Variant, arch: Architecture = MLP) -> NetStack:
+    """One of a trainer's nets on its own, as serving holds it."""
+    return NetStack.from_net_states(arch, [label], [trainer.net_state(label)])
