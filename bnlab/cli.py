@@ -45,7 +45,9 @@ def worker(
     from bnlab.worker.app import celery_app
 
     pool = ["--pool", "solo"] if queue is Queue.gpu else ["--pool", "prefork", "-c", str(concurrency)]
-    celery_app.worker_main(["worker", "-Q", queue.value, "--loglevel", "INFO", *pool])
+    # A node name of its own, so several workers on one host are told apart.
+    name = f"bnlab-{queue.value}-{os.getpid()}@%h"
+    celery_app.worker_main(["worker", "-Q", queue.value, "-n", name, "--loglevel", "INFO", *pool])
 
 
 @app.command()

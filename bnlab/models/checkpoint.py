@@ -88,6 +88,9 @@ def _read(path: Path, kind: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except (SafetensorError, KeyError, ValueError, OSError) as error:
         raise CheckpointError(f"{path} is not a bnlab checkpoint: {error}") from None
+    if not isinstance(meta, dict):  # valid JSON, but not the object bnlab writes
+        kind_of = type(meta).__name__
+        raise CheckpointError(f"{path} is not a bnlab checkpoint: its metadata is a {kind_of}")
     if meta.get("format") != kind:
         raise CheckpointError(f"{path} holds {meta.get('format')!r}, not a {kind!r} file")
     if meta.get("format_version") != FORMAT_VERSION:

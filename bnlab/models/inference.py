@@ -36,7 +36,7 @@ class Prediction:
 def logits(stack: NetStack, images: Tensor, mode: Mode) -> Tensor:
     """Logits (net, image, class) for uint8 or [0, 1] float images (N, 28, 28)."""
     inputs = to_inputs(images) if images.dtype == torch.uint8 else images
-    if mode == "fused" and stack.n_bn:
+    if mode == "fused" and stack.has_bn:
         stack = fuse(stack)
     return stack(inputs, "batch" if mode == "batch" else "population")
 
@@ -47,11 +47,11 @@ class ServedNet:
     def __init__(self, stack: NetStack) -> None:
         assert stack.size == 1, "a served net is a stack of one"
         self.stack = stack.eval()
-        self.fused = fuse(stack) if stack.n_bn else self.stack
+        self.fused = fuse(stack) if stack.has_bn else self.stack
 
     @property
     def has_bn(self) -> bool:
-        return self.stack.n_bn > 0
+        return self.stack.has_bn
 
     def predict(self, images: Tensor, mode: Mode) -> Prediction:
         """Predictions for a batch of images (N, 28, 28)."""
@@ -81,7 +81,7 @@ def fuse(stack: NetStack) -> NetStack:
     """The same nets with BN folded into the layer before it: W' = W * s, b' = beta - mean * s,
     s = gamma / sqrt(running_var + eps). Equal to ``population`` up to float rounding."""
     states = [_fused_state(stack.net_state(i), stack) for i in range(stack.size)]
-    fused = NetStack.from_net_states(stack.arch, ["plain"] * stack.size, states, stack.bn_impl)
+    fused = NetStack.from_net_states(stack.arch, "plain", states, stack.bn_impl)
     return fused.to(stack.output_bias.device).eval()
 
 

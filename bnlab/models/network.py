@@ -1,9 +1,8 @@
 """The study's networks, stacked: several nets of one architecture computed as one module.
 
-A `NetStack` holds G nets side by side; every weight has a leading net axis, so one matmul
-steps them all. The study's pair is a stack of two (`plain` first, then `bn`) built from copies
-of the same initial weights; a single net for serving is a stack of one. Stacking is what makes a
-pair cost about one net's Python overhead per step, not two.
+A `NetStack` holds G nets of one variant side by side; every weight has a leading net axis, so
+one GEMM steps them all. The trainer runs the study's pair as two stacks of one (one per core);
+a sweep stacks many nets; a single net for serving is a stack of one.
 
 Hidden layer of a `plain` net:  h = act(h @ W + b), b zero at start.
 Hidden layer of a `bn` net:     h = act(BN(h @ W)), no bias (BN's beta takes its place).
@@ -11,7 +10,7 @@ Output layer of both:           logits = h @ W + b, no BN.
 
 With `conv` set, two convolutions (5x5, same padding, each followed by BN or bias, the
 activation and 2x2 max-pooling) come first; their BN keeps statistics per feature map. The nets
-of a stack run as groups of one grouped convolution.
+of a stack run as the groups of one grouped convolution.
 """
 
 from collections.abc import Callable, Sequence
@@ -66,7 +65,7 @@ def initial_weights(arch: Architecture, std: float, seed: int) -> list[Tensor]:
 
 
 class NetStack(nn.Module):
-    """`variants` nets (plain ones first) of one architecture, each from its own initial weights.
+    """`size` nets of one architecture and one variant, each from its own initial weights.
 
     ``forward`` takes images (batch, 28, 28) scaled to [0, 1] and returns logits laid out
     (net, batch, 10).
@@ -75,83 +74,74 @@ class NetStack(nn.Module):
     def __init__(
         self,
         arch: Architecture,
-        variants: Sequence[Variant],
+        variant: Variant,
         weights: Sequence[Sequence[Tensor]],
         bn_impl: BNImpl = "bnlab",
     ) -> None:
         super().__init__()
-        assert list(variants) == sorted(variants, key=VARIANTS.index), "plain nets come first"
         self.arch = arch
+        self.variant = variant
         self.bn_impl = bn_impl
-        self.variants = list(variants)
-        self.n_plain = self.variants.count("plain")
-        self.n_bn = self.variants.count("bn")
+        self.size = len(weights)
         self.act = ACTIVATIONS[arch.activation]
         n_layers = len(arch.weight_shapes())
         self.weights = nn.ParameterList(
             nn.Parameter(torch.stack([w[i] for w in weights]).clone()) for i in range(n_layers)
         )
-        self.biases = nn.ParameterList()  # plain nets' hidden biases
-        self.norms = nn.ModuleList()  # bn nets' BN layers
+        self.biases = nn.ParameterList()  # plain: hidden biases, zero at start
+        self.norms = nn.ModuleList()  # bn: a BN layer per hidden layer
         for i, shape in enumerate(arch.weight_shapes()[:-1]):
             conv = i < len(arch.conv_channels)
-            width = shape[0] if conv else shape[1]
-            bias_shape = (self.n_plain * width,) if conv else (self.n_plain, 1, width)
-            self.biases.append(nn.Parameter(torch.zeros(bias_shape)))
-            if conv:
-                self.norms.append(BatchNorm((1, self.n_bn * width, 1, 1), (0, 2, 3), bn_impl))
+            width = self.size * shape[0] if conv else shape[1]
+            if variant == "plain":
+                self.biases.append(nn.Parameter(torch.zeros((width,) if conv else (self.size, 1, width))))
+            elif conv:
+                self.norms.append(BatchNorm((1, width, 1, 1), (0, 2, 3), bn_impl))
             else:
-                self.norms.append(BatchNorm((self.n_bn, 1, width), (1,), bn_impl))
-        self.output_bias = nn.Parameter(torch.zeros(len(self.variants), 1, 10))
+                self.norms.append(BatchNorm((self.size, 1, width), (1,), bn_impl))
+        self.output_bias = nn.Parameter(torch.zeros(self.size, 1, 10))
 
     @property
-    def size(self) -> int:
-        return len(self.variants)
+    def has_bn(self) -> bool:
+        return self.variant == "bn"
 
     def forward(self, images: Tensor, mode: BNMode) -> Tensor:
         n_conv = len(self.arch.conv_channels)
         h = self._conv_features(images, mode) if n_conv else images.flatten(1)
         for i in range(n_conv, len(self.weights) - 1):
-            h = self.act(self._bias_or_norm(i, self._linear(h, i), mode, channel_dim=0))
-        return self._linear(h, len(self.weights) - 1) + self.output_bias
+            if self.has_bn:
+                h = self.act(self.norms[i](self._linear(h, i), mode))
+            else:
+                h = self.act(self._linear(h, i, self.biases[i]))
+        return self._linear(h, len(self.weights) - 1, self.output_bias)
 
-    def _linear(self, h: Tensor, layer: int) -> Tensor:
+    def _linear(self, h: Tensor, layer: int, bias: Tensor | None = None) -> Tensor:
         weight = self.weights[layer]
         if h.dim() == 3:
-            return torch.matmul(h, weight)
+            return torch.matmul(h, weight) if bias is None else torch.baddbmm(bias, h, weight)
         # Every net sees the same images: one (batch, in) x (in, nets * out) GEMM, where a
         # batched matmul would copy the images once per net.
-        z = h @ weight.transpose(0, 1).flatten(1)
+        weight = weight.transpose(0, 1).flatten(1)
+        z = h @ weight if bias is None else torch.addmm(bias.transpose(0, 1).flatten(1), h, weight)
         return z.view(z.shape[0], self.size, -1).transpose(0, 1)
 
     def _conv_features(self, images: Tensor, mode: BNMode) -> Tensor:
         """Conv layers, nets as groups of one grouped convolution; returns (net, batch, feature)."""
         h = images.unsqueeze(1).expand(-1, self.size, -1, -1)
         for i in range(len(self.arch.conv_channels)):
-            z = F.conv2d(h, self.weights[i].flatten(0, 1), padding="same", groups=self.size)
-            h = F.max_pool2d(self.act(self._bias_or_norm(i, z, mode, channel_dim=1)), 2)
+            kernel = self.weights[i].flatten(0, 1)
+            if self.has_bn:
+                z = self.norms[i](F.conv2d(h, kernel, padding="same", groups=self.size), mode)
+            else:
+                z = F.conv2d(h, kernel, self.biases[i], padding="same", groups=self.size)
+            h = F.max_pool2d(self.act(z), 2)
         return h.flatten(2).view(h.shape[0], self.size, -1).transpose(0, 1)
-
-    def _bias_or_norm(self, layer: int, z: Tensor, mode: BNMode, channel_dim: int) -> Tensor:
-        """Plain nets add their bias, bn nets normalize; the nets lie along `channel_dim`."""
-        if not self.n_bn:
-            return z + self._bias(layer)
-        if not self.n_plain:
-            return self.norms[layer](z, mode)
-        split = z.shape[channel_dim] * self.n_plain // self.size
-        plain, bn = z.split([split, z.shape[channel_dim] - split], dim=channel_dim)
-        return torch.cat([plain + self._bias(layer), self.norms[layer](bn, mode)], channel_dim)
-
-    def _bias(self, layer: int) -> Tensor:
-        bias = self.biases[layer]
-        return bias.view(1, -1, 1, 1) if bias.dim() == 1 else bias
 
     def net_state(self, index: int) -> dict[str, Tensor]:
         """Net `index`'s tensors without the net axis: what its checkpoint stores."""
         state = {f"weight.{i}": w[index] for i, w in enumerate(self.weights)}
         state["output_bias"] = self.output_bias[index, 0]
-        for name, tensor in self._per_net_tensors(index):
-            state[name] = tensor
+        state.update(self._per_net_tensors(index))
         return {name: tensor.detach().clone() for name, tensor in state.items()}
 
     @torch.no_grad()
@@ -160,34 +150,34 @@ class NetStack(nn.Module):
         for i, w in enumerate(self.weights):
             w[index] = state[f"weight.{i}"]
         self.output_bias[index, 0] = state["output_bias"]
-        for name, tensor in self._per_net_tensors(index):
+        for name, tensor in self._per_net_tensors(index).items():
             tensor.copy_(state[name])
 
-    def _per_net_tensors(self, index: int) -> list[tuple[str, Tensor]]:
+    def _per_net_tensors(self, index: int) -> dict[str, Tensor]:
         # Views into the stacked biases or BN tensors that belong to net `index`.
-        if self.variants[index] == "plain":
-            return [(f"bias.{i}", b.view(self.n_plain, -1)[index]) for i, b in enumerate(self.biases)]
-        j = index - self.n_plain
-        tensors = [
-            (f"bn.{i}.{name}", getattr(norm, name).view(self.n_bn, -1)[j])
+        if not self.has_bn:
+            return {f"bias.{i}": b.view(self.size, -1)[index] for i, b in enumerate(self.biases)}
+        tensors = {
+            f"bn.{i}.{name}": getattr(norm, name).view(self.size, -1)[index]
             for i, norm in enumerate(self.norms)
             for name in ("gamma", "beta", "running_mean", "running_var")
-        ]
-        tensors += [(f"bn.{i}.num_batches_tracked", n.num_batches_tracked) for i, n in enumerate(self.norms)]
+        }
+        for i, norm in enumerate(self.norms):
+            tensors[f"bn.{i}.num_batches_tracked"] = norm.num_batches_tracked
         return tensors
 
     @classmethod
     def from_net_states(
         cls,
         arch: Architecture,
-        variants: Sequence[Variant],
+        variant: Variant,
         states: Sequence[dict[str, Tensor]],
         bn_impl: BNImpl = "bnlab",
     ) -> "NetStack":
         """A stack made of nets saved by `net_state` (a checkpoint holds one)."""
         n_weights = len(arch.weight_shapes())
         weights = [[s[f"weight.{i}"] for i in range(n_weights)] for s in states]
-        stack = cls(arch, variants, weights, bn_impl)
+        stack = cls(arch, variant, weights, bn_impl)
         for index, state in enumerate(states):
             stack.load_net_state(index, state)
         return stack

@@ -8,7 +8,8 @@ Plain SGD: each net's loss is weighted by its own learning rate and torch's SGD 
 the same update with one optimizer for a whole stack. Every `batches_per_sample` steps (and at
 step 0, before any training) the trainer reports each net's validation accuracy with population
 statistics and its mean training loss since the last report. A net whose loss turns non-finite
-is `diverged`: it is taken out of its stack and frozen while the others carry on.
+is `diverged` (at that step): at the next sample point it is taken out of its stack and frozen,
+while the others carry on.
 """
 
 import os
@@ -25,7 +26,7 @@ from torch import Tensor
 from bnlab.models.batchnorm import BNImpl
 from bnlab.models.data import BatchOrder, Split, Splits, to_inputs
 from bnlab.models.inference import accuracy
-from bnlab.models.network import VARIANTS, Architecture, NetStack, Variant, initial_weights
+from bnlab.models.network import VARIANTS, Architecture, NetStack, initial_weights
 
 
 @dataclass(frozen=True)
@@ -61,95 +62,90 @@ TrainerEnd = Literal["finished", "cancelled"]
 @dataclass(frozen=True)
 class Net:
     label: str
-    variant: Variant
     learning_rate: float
 
 
 class Lane:
-    """Nets of one stack, stepped together by one thread."""
+    """Nets of one stack (one variant), stepped together by one thread."""
 
     def __init__(self, stack: NetStack, nets: Sequence[Net], train: Split, spec: TrainingSpec):
         self.nets = {net.label: net for net in nets}
         self.train_split = train
-        self.order = BatchOrder(len(train), spec.batch_size, spec.seed, train.labels.device)
+        self.device = train.labels.device
+        self.order = BatchOrder(len(train), spec.batch_size, spec.seed, self.device)
         self.diverged_at: dict[str, int] = {}
         self.frozen: dict[str, dict[str, Tensor]] = {}  # diverged nets, as they were
+        self._mean_loss: list[float] | None = None  # per active net, since the last sample
         self._use(stack, [net.label for net in nets])
-        self._loss_sum = torch.zeros(len(nets), dtype=torch.float64, device=train.labels.device)
-        self._loss_steps = 0
 
     def _use(self, stack: NetStack, active: list[str]) -> None:
         self.stack = stack
         self.active = active
         self.optimizer = torch.optim.SGD(stack.parameters(), lr=1.0, foreach=True)
         rates = [self.nets[label].learning_rate for label in active]
-        self._loss_weights = torch.tensor(rates, device=self.train_split.labels.device)
+        self._loss_weights = torch.tensor(rates, device=self.device)
 
     def train(self, first_step: int, end_step: int) -> None:
-        for step in range(first_step, end_step):
-            if self.active:
-                self._train_step(step)
+        """Steps [first_step, end_step): one sample interval."""
+        if not self.active:
+            return
+        losses = torch.empty(end_step - first_step, len(self.active), device=self.device)
+        for row, step in enumerate(range(first_step, end_step)):
+            losses[row] = self._train_step(step)
+        # Checked once per interval, not per step: a per-step check would stall on the device.
+        # Nets are independent inside a stack, so a diverged one harms no other meanwhile.
+        finite = torch.isfinite(losses).all(dim=0).tolist()
+        if not all(finite):
+            self._freeze_diverged(losses, finite, first_step)
+            losses = losses[:, [i for i, ok in enumerate(finite) if ok]]
+        self._mean_loss = losses.double().mean(dim=0).tolist()
 
-    def _train_step(self, step: int) -> None:
+    def _train_step(self, step: int) -> Tensor:
         indices = self.order.indices(step)
         logits = self.stack(to_inputs(self.train_split.images[indices]), "train")
-        labels = self.train_split.labels[indices].repeat(len(self.active))
+        labels = self.train_split.labels[indices].repeat(self.stack.size)
         losses = F.cross_entropy(logits.flatten(0, 1), labels, reduction="none")
-        losses = losses.view(len(self.active), -1).mean(dim=1)
+        losses = losses.view(self.stack.size, -1).mean(dim=1)
         self.optimizer.zero_grad(set_to_none=True)
-        (losses * self._loss_weights).sum().backward()
+        losses.dot(self._loss_weights).backward()
         self.optimizer.step()
-        self._loss_sum += losses.detach()
-        self._loss_steps += 1
-        finite = torch.isfinite(losses)
-        if not finite.all():
-            self._freeze_diverged(finite.tolist(), step + 1)
+        return losses.detach()
 
-    def _freeze_diverged(self, finite: list[bool], step: int) -> None:
-        """Take the nets whose loss is not finite out of the stack; the others carry on."""
+    def _freeze_diverged(self, losses: Tensor, finite: list[bool], first_step: int) -> None:
+        """Take the nets whose loss turned non-finite out of the stack; the others carry on."""
         for index, label in enumerate(self.active):
             if not finite[index]:
-                self.diverged_at[label] = step
+                first_bad = int((~torch.isfinite(losses[:, index])).nonzero()[0])
+                self.diverged_at[label] = first_step + first_bad + 1
                 self.frozen[label] = self.stack.net_state(index)
-        keep = [i for i, ok in enumerate(finite) if ok]
-        self._loss_sum = self._loss_sum[keep]
-        active = [self.active[i] for i in keep]
-        self._rebuild({label: self.net_state(label) for label in active})
+        keep = [label for index, label in enumerate(self.active) if finite[index]]
+        self._rebuild({label: self.net_state(label) for label in keep})
 
     def _rebuild(self, states: dict[str, dict[str, Tensor]]) -> None:
         """A stack of the nets in `states` (the ones still stepping), from those states."""
-        if not states:  # every net of the lane diverged: nothing is left to step
-            self.active = []
-            return
-        active = list(states)
-        variants = [self.nets[label].variant for label in active]
-        arch, bn_impl = self.stack.arch, self.stack.bn_impl
-        stack = NetStack.from_net_states(arch, variants, list(states.values()), bn_impl)
-        self._use(stack.to(self.train_split.labels.device), active)
+        arch, variant, bn_impl = self.stack.arch, self.stack.variant, self.stack.bn_impl
+        stack = NetStack.from_net_states(arch, variant, list(states.values()), bn_impl)
+        self._use(stack.to(self.device), list(states))
 
     def net_state(self, label: str) -> dict[str, Tensor]:
-        """One net's tensors (frozen ones as they were when they diverged)."""
+        """One net's tensors (a diverged one as it was when its divergence was seen)."""
         if label in self.frozen:
             return self.frozen[label]
         return self.stack.net_state(self.active.index(label))
 
     def sample(self, validation: Split) -> dict[str, NetSample]:
         val_accuracy = accuracy(self.stack, validation, "population") if self.active else []
-        mean_loss = (self._loss_sum / max(self._loss_steps, 1)).tolist()
-        samples = {
-            label: NetSample(val_accuracy[i], mean_loss[i] if self._loss_steps else None)
+        mean_loss = self._mean_loss
+        self._mean_loss = None
+        return {
+            label: NetSample(val_accuracy[i], mean_loss[i] if mean_loss else None)
             for i, label in enumerate(self.active)
         }
-        self._loss_sum.zero_()
-        self._loss_steps = 0
-        return samples
 
     def restore(self, states: dict[str, dict[str, Tensor]], diverged_at: dict[str, int]) -> None:
         self.diverged_at = {label: diverged_at[label] for label in self.nets if label in diverged_at}
         self.frozen = {label: states[label] for label in self.diverged_at}
-        active = {label: states[label] for label in self.nets if label not in self.diverged_at}
-        self._loss_sum = torch.zeros(len(active), dtype=torch.float64, device=self._loss_sum.device)
-        self._rebuild(active)
+        self._rebuild({label: states[label] for label in self.nets if label not in self.diverged_at})
 
 
 class Trainer:
@@ -240,8 +236,8 @@ def paired_trainer(
     train = splits.train.to(device)
     lanes = [
         Lane(
-            NetStack(arch, [variant], [weights], bn_impl).to(device),
-            [Net(variant, variant, spec.learning_rate)],
+            NetStack(arch, variant, [weights], bn_impl).to(device),
+            [Net(variant, spec.learning_rate)],
             train,
             spec,
         )

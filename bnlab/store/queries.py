@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from bnlab.store.tables import VARIANTS, Checkpoint, CurvePoint, Experiment, Run, Worker, utc_now
@@ -77,6 +77,25 @@ def drop_curve_after(session: Session, experiment: Experiment, step: int) -> Non
     """Forget points past `step`: a resumed job writes them again."""
     run_ids = [run.id for run in experiment.runs]
     session.execute(delete(CurvePoint).where(CurvePoint.run_id.in_(run_ids), CurvePoint.step > step))
+
+
+def cancel_experiment(session: Session, experiment_id: int) -> bool:
+    """Cancel a queued experiment now, or ask a running one's worker to stop at its next sample
+    point; False if it had already finished. Each is an UPDATE conditional on the status, so a
+    worker taking or finishing the job at the same moment is never overwritten."""
+    queued = session.execute(
+        update(Experiment)
+        .where(Experiment.id == experiment_id, Experiment.status == "queued")
+        .values(status="cancelled", finished_at=utc_now())
+    )
+    if queued.rowcount:
+        return True
+    running = session.execute(
+        update(Experiment)
+        .where(Experiment.id == experiment_id, Experiment.status == "running")
+        .values(cancel_requested=True)
+    )
+    return bool(running.rowcount)
 
 
 def latest_checkpoint(session: Session, experiment_id: int, variant: str) -> Checkpoint | None:

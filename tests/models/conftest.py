@@ -1,16 +1,28 @@
 """The engine's fixtures: the IDX stand-in loaded as the study's splits, and a trained pair."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from bnlab.models.batchnorm import BNImpl
 from bnlab.models.data import Splits, load_splits
 from bnlab.models.network import Architecture, NetStack, Variant
 from bnlab.models.trainer import Trainer, TrainingSpec, paired_trainer
 
 CPU = torch.device("cpu")
 VALIDATION_SIZE = 200
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """These tensors are tiny: a second intra-op thread buys nothing, and on a busy two-core
+    machine its barrier waits cost seconds per test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +43,8 @@ def trained_pair(splits: Splits) -> Trainer:
     return trainer
 
 
-def stack_of_one(trainer: Trainer, label: Variant, arch: Architecture = MLP) -> NetStack:
+def stack_of_one(
+    trainer: Trainer, label: Variant, arch: Architecture = MLP, bn_impl: BNImpl = "bnlab"
+) -> NetStack:
     """One of a trainer's nets on its own, as serving holds it."""
-    return NetStack.from_net_states(arch, [label], [trainer.net_state(label)])
+    return NetStack.from_net_states(arch, [label], [trainer.net_state(label)], bn_impl)

@@ -1,0 +1,65 @@
+"""What routes get injected: settings, a database session per request, the broker, the served
+nets, and the experiment a path names. `create_app` puts the long-lived ones on `app.state`.
+
+The light ones are `async def` on purpose: FastAPI runs a plain `def` dependency in its
+threadpool, a cost the /predict hot path should not pay for a dictionary lookup.
+"""
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Path, Request
+from sqlalchemy.orm import Session
+
+from bnlab.api.broker import Broker
+from bnlab.api.schemas import MAX_ID
+from bnlab.api.serving import ServedNets
+from bnlab.settings import Settings
+from bnlab.store import queries
+from bnlab.store.db import make_sessionmaker
+from bnlab.store.tables import Experiment
+
+
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    # make_sessionmaker is cached per URL: one engine (and pool) per process.
+    with make_sessionmaker(settings.database_url)() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+async def get_broker(request: Request) -> Broker:
+    broker: Broker = request.app.state.broker
+    return broker
+
+
+BrokerDep = Annotated[Broker, Depends(get_broker)]
+
+
+async def get_served_nets(request: Request) -> ServedNets:
+    nets: ServedNets = request.app.state.served_nets
+    return nets
+
+
+ServedNetsDep = Annotated[ServedNets, Depends(get_served_nets)]
+
+ExperimentId = Annotated[int, Path(ge=1, le=MAX_ID, description="The experiment's id.")]
+
+
+def get_experiment(experiment_id: ExperimentId, session: SessionDep) -> Experiment:
+    experiment = queries.get_experiment(session, experiment_id)
+    if experiment is None:
+        raise HTTPException(404, f"no experiment with id {experiment_id}")
+    return experiment
+
+
+ExperimentDep = Annotated[Experiment, Depends(get_experiment)]

@@ -1,0 +1,151 @@
+"""/experiments: submit, list, read, follow (curve), cancel, and download checkpoints."""
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
+
+from bnlab.api import plotting, submit
+from bnlab.api.deps import BrokerDep, ExperimentDep, SessionDep, SettingsDep
+from bnlab.api.schemas import (
+    MAX_ID,
+    Curve,
+    ExperimentOut,
+    ExperimentPage,
+    Message,
+    Series,
+    Status,
+    Variant,
+)
+from bnlab.api.workers import notices
+from bnlab.spec import ExperimentSpec
+from bnlab.store import queries
+from bnlab.store.queries import TERMINAL
+from bnlab.store.tables import Experiment
+
+router = APIRouter(prefix="/experiments", tags=["experiments"])
+
+NOT_FOUND = {404: {"model": Message, "description": "No experiment with that id."}}
+
+
+@router.post(
+    "",
+    status_code=202,
+    responses={
+        202: {"headers": {"Location": {"description": "The experiment's URL."}}},
+        503: {"model": Message, "description": "Stored, but the broker did not take the job."},
+    },
+)
+def create_experiment(
+    spec: ExperimentSpec,
+    session: SessionDep,
+    broker: BrokerDep,
+    settings: SettingsDep,
+    response: Response,
+) -> ExperimentOut:
+    """Queue a paired experiment (plain and BN nets from the same initial weights)."""
+    experiment = submit.submit_experiment(session, broker, spec)
+    response.headers["Location"] = f"/experiments/{experiment.id}"
+    return ExperimentOut.from_row(experiment, notices(session, settings, [experiment])[experiment.id])
+
+
+@router.get("")
+def list_experiments(
+    session: SessionDep,
+    settings: SettingsDep,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+) -> ExperimentPage:
+    """Experiments, newest first, optionally only those with one status."""
+    experiments, total = queries.list_experiments(session, status, limit, offset)
+    notice_of = notices(session, settings, experiments)
+    items = [ExperimentOut.from_row(e, notice_of[e.id]) for e in experiments]
+    return ExperimentPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{experiment_id}", responses=NOT_FOUND)
+def get_experiment(
+    experiment: ExperimentDep, session: SessionDep, settings: SettingsDep
+) -> ExperimentOut:
+    """Status, progress, results, and what to do if it waits on a missing worker."""
+    return ExperimentOut.from_row(experiment, notices(session, settings, [experiment])[experiment.id])
+
+
+@router.get("/{experiment_id}/curve", responses=NOT_FOUND)
+def get_curve(experiment: ExperimentDep, session: SessionDep) -> Curve:
+    """Validation accuracy (and mean training loss) per sample point, in step order."""
+    return Curve(series=_series(session, experiment.id))
+
+
+@router.get(
+    "/{experiment_id}/curve.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "The curve, plotted."}, **NOT_FOUND},
+)
+def get_curve_png(experiment: ExperimentDep, session: SessionDep) -> Response:
+    """Both variants' validation accuracy against step; a partial curve while it runs."""
+    png = plotting.curve_png(_series(session, experiment.id), experiment.spec)
+    # A running experiment's curve grows: a cached copy would hide the new points.
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+@router.post(
+    "/{experiment_id}/cancel",
+    responses={
+        **NOT_FOUND,
+        409: {"model": Message, "description": "It has already finished."},
+    },
+)
+def cancel_experiment(
+    experiment: ExperimentDep, session: SessionDep, settings: SettingsDep
+) -> ExperimentOut:
+    """Cancel a queued experiment now; ask a running one to stop at its next sample point."""
+    if experiment.status in TERMINAL:
+        raise _not_cancellable(experiment)
+    cancelled = queries.cancel_experiment(session, experiment.id)
+    session.commit()
+    session.refresh(experiment)
+    if not cancelled:  # it finished between our read and the update
+        raise _not_cancellable(experiment)
+    return ExperimentOut.from_row(experiment, notices(session, settings, [experiment])[experiment.id])
+
+
+def _not_cancellable(experiment: Experiment) -> HTTPException:
+    return HTTPException(
+        409,
+        f"experiment {experiment.id} is {experiment.status}: only a queued or running "
+        "experiment can be cancelled",
+    )
+
+
+@router.get(
+    "/{experiment_id}/checkpoints/{variant}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "A safetensors file."},
+        404: {"model": Message, "description": "No such experiment, or no checkpoint yet."},
+    },
+)
+def download_checkpoint(experiment: ExperimentDep, variant: Variant, session: SessionDep) -> FileResponse:
+    """The variant's latest checkpoint (safetensors: weights, BN statistics, metadata)."""
+    checkpoint = queries.latest_checkpoint(session, experiment.id, variant)
+    if checkpoint is None:
+        raise HTTPException(404, f"experiment {experiment.id} has no {variant} checkpoint yet")
+    path = Path(checkpoint.path)
+    if not path.is_file():
+        raise HTTPException(
+            404, f"experiment {experiment.id}'s {variant} checkpoint is recorded but its file is gone"
+        )
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"experiment-{experiment.id}-{variant}.safetensors",
+    )
+
+
+def _series(session: Session, experiment_id: int) -> dict[Variant, Series]:
+    points = queries.curve(session, experiment_id)
+    return {variant: Series.from_points(p) for variant, p in points.items()}  # type: ignore[misc]

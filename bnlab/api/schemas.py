@@ -1,0 +1,179 @@
+"""What the API takes and returns, as pydantic models: the OpenAPI document is made from these.
+
+`ExperimentSpec` (the POST body) lives in `bnlab.spec` because the worker reads it too.
+"""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bnlab.models.inference import MODES, Mode
+from bnlab.store.tables import QUEUES, STATUSES, VARIANTS, CurvePoint, Experiment, Run
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Variant = Literal["plain", "bn"]
+Queue = Literal["cpu", "gpu"]
+# The schema's Literals must name exactly what the database allows.
+assert get_args(Status) == STATUSES
+assert get_args(Variant) == VARIANTS
+assert get_args(Queue) == QUEUES
+assert get_args(Mode) == MODES
+
+# Experiment ids are an INTEGER column (32 bits on PostgreSQL): a larger number in a URL is a
+# 422, not a database overflow error.
+MAX_ID = 2**31 - 1
+IMAGE_SIDE = 28
+
+
+class Message(BaseModel):
+    """An error, said for a person."""
+
+    detail: str
+
+
+class Progress(BaseModel):
+    step: int
+    total: int
+    steps_per_second: float | None
+    eta_seconds: float | None
+
+
+class RunResults(BaseModel):
+    """One variant's outcome; each value stays null until the worker knows it."""
+
+    final_val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    test_accuracy_batch_stats: float | None = Field(
+        None, description="Test accuracy with BN using each test batch's own statistics."
+    )
+    steps_to_90: int | None = None
+    steps_to_95: int | None = None
+    diverged_at_step: int | None = None
+
+    @classmethod
+    def from_run(cls, run: Run | None) -> "RunResults":
+        if run is None:
+            return cls()
+        return cls(
+            final_val_accuracy=run.final_val_accuracy,
+            test_accuracy=run.test_accuracy,
+            test_accuracy_batch_stats=run.test_accuracy_batch_stats,
+            steps_to_90=run.steps_to_90,
+            steps_to_95=run.steps_to_95,
+            diverged_at_step=run.diverged_at_step,
+        )
+
+
+class ExperimentOut(BaseModel):
+    id: int
+    status: Status
+    queue: Queue
+    # As stored: the spec the job was made from, even if the schema has moved on since.
+    spec: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested: bool = Field(
+        description="A cancel was asked for; a running job stops at its next sample point."
+    )
+    progress: Progress
+    results: dict[Variant, RunResults]
+    error: str | None = Field(description="Why the experiment failed.")
+    notice: str | None = Field(
+        description="Something a person should do, e.g. start a worker for the experiment's queue."
+    )
+
+    @classmethod
+    def from_row(cls, experiment: Experiment, notice: str | None = None) -> "ExperimentOut":
+        runs = {run.variant: run for run in experiment.runs}
+        return cls(
+            id=experiment.id,
+            status=experiment.status,  # type: ignore[arg-type]  # the CHECK constraint holds it
+            queue=experiment.queue,  # type: ignore[arg-type]
+            spec=experiment.spec,
+            created_at=experiment.created_at,
+            started_at=experiment.started_at,
+            finished_at=experiment.finished_at,
+            cancel_requested=experiment.cancel_requested,
+            progress=Progress(
+                step=experiment.progress_step,
+                total=experiment.progress_total,
+                steps_per_second=experiment.steps_per_second,
+                eta_seconds=experiment.eta_seconds,
+            ),
+            results={variant: RunResults.from_run(runs.get(variant)) for variant in VARIANTS},
+            error=experiment.error,
+            notice=notice,
+        )
+
+
+class ExperimentPage(BaseModel):
+    items: list[ExperimentOut]
+    total: int = Field(description="How many experiments match, on all pages.")
+    limit: int
+    offset: int
+
+
+class Series(BaseModel):
+    step: list[int]
+    val_accuracy: list[float]
+    train_loss: list[float | None] = Field(description="Null at step 0 and where not finite.")
+
+    @classmethod
+    def from_points(cls, points: list[CurvePoint]) -> "Series":
+        return cls(
+            step=[point.step for point in points],
+            val_accuracy=[point.val_accuracy for point in points],
+            train_loss=[point.train_loss for point in points],
+        )
+
+
+class Curve(BaseModel):
+    series: dict[Variant, Series]
+
+
+# A pixel as the nets take it: MNIST's uint8 divided by 255, white digit on black.
+Pixel = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+def _digit_one() -> list[list[float]]:
+    """A crude '1' for the docs' example: a vertical bar, white on black."""
+    return [[1.0 if 12 <= column <= 15 and 4 <= row <= 23 else 0.0 for column in range(28)]
+            for row in range(28)]
+
+
+class PixelsBody(BaseModel):
+    """Images as numbers: 784 values, or 28 rows of 28, each in [0, 1]; a list of such images is
+    a batch (and gets a list of predictions)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"pixels": _digit_one()}, {"pixels": [_digit_one(), _digit_one()]}]
+        },
+    )
+
+    # A plain (smart) union: pydantic validates it in Rust about as fast as one list type.
+    # The nesting depth says single or batch; `uploads.images_from_pixels` checks the shape.
+    pixels: list[Pixel] | list[list[Pixel]] | list[list[list[Pixel]]] = Field(
+        description="784 numbers, 28 rows of 28, or a list of either (a batch); each in [0, 1]."
+    )
+
+
+class PredictionOut(BaseModel):
+    prediction: int = Field(description="The most probable class, 0-9.")
+    probabilities: list[float] = Field(description="Softmax over the 10 classes.")
+    mode: Mode
+    variant: Variant
+    mode_applies: bool = Field(
+        description="False for the plain net: it has no BN, so every mode gives the same answer."
+    )
+
+
+class Health(BaseModel):
+    database: str = Field(description='"ok", or what is wrong.')
+    broker: str = Field(description='"ok", or what is wrong.')
+    workers: dict[Queue, int] | None = Field(
+        description="Live workers per queue; null when the database cannot say."
+    )

@@ -1,0 +1,31 @@
+"""A new experiment: stored, then queued; never left queued without a message on the broker."""
+
+from fastapi import HTTPException
+from sqlalchemy.orm import Session
+
+from bnlab.api.broker import Broker
+from bnlab.spec import ExperimentSpec
+from bnlab.store import queries
+from bnlab.store.tables import Experiment, utc_now
+
+
+def submit_experiment(session: Session, broker: Broker, spec: ExperimentSpec) -> Experiment:
+    experiment = queries.create_experiment(
+        session, spec.model_dump(), queue=spec.device, total_steps=spec.training_batches
+    )
+    # Committed before the message is sent: a fast worker must find the row it is told about.
+    session.commit()
+    try:
+        broker.enqueue(experiment.id, experiment.queue)
+    except Exception as error:  # whatever the broker raised, the job is not queued
+        cause = broker.describe(error)
+        experiment.status = "failed"
+        experiment.error = f"could not be queued, the broker did not take the job ({cause})"
+        experiment.finished_at = utc_now()
+        session.commit()
+        raise HTTPException(
+            503,
+            f"experiment {experiment.id} was stored but could not be queued: the broker is "
+            f"unreachable ({cause}). It is marked failed; check GET /health, then submit it again",
+        ) from None
+    return experiment

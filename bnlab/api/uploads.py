@@ -1,0 +1,203 @@
+"""The /predict body made into images: JSON pixels or multipart PNG/JPEG files, size-limited.
+
+The route reads the body itself instead of declaring a FastAPI body parameter: it accepts two
+content types, and pydantic's `model_validate_json` (Rust) parses pixel arrays several times
+faster than FastAPI's `json.loads` plus validation.
+"""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from fastapi import HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from torch import Tensor
+
+from bnlab.api.images import SIDE, ImageRejected, decode_digit
+from bnlab.api.schemas import Pixel, PixelsBody
+
+IMAGE_FIELD = "image"
+MAX_FILES = 256  # a batch of uploads; the byte limit bounds it as well
+
+
+@dataclass(frozen=True)
+class Images:
+    pixels: Tensor  # float32 (N, 28, 28) in [0, 1]
+    single: bool  # one image was sent (not a batch of one): answer with one object, not a list
+
+
+async def read_images(request: Request, max_bytes: int) -> Images:
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    is_json = kind == "application/json" or kind.endswith("+json")
+    if not is_json and kind != "multipart/form-data":
+        raise HTTPException(
+            415,
+            f"Content-Type {kind or '(none)'} is not accepted: send application/json with "
+            f'{{"pixels": ...}}, or multipart/form-data with a PNG or JPEG in the field '
+            f"'{IMAGE_FIELD}'",
+        )
+    body = await read_body(request, max_bytes)
+    if is_json:
+        return images_from_json(body)
+    return await images_from_multipart(request, body)
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed `max_bytes`: from
+    Content-Length before reading anything, and from the bytes actually read (a client may
+    send no length, or the wrong one)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            too_large = int(declared) > max_bytes
+        except ValueError:
+            raise HTTPException(400, f"Content-Length {declared!r} is not a number") from None
+        if too_large:
+            raise _too_large(max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def images_from_json(body: bytes) -> Images:
+    if not body.strip():
+        raise HTTPException(422, 'the body is empty: send {"pixels": [...]}')
+    try:
+        pixels = PixelsBody.model_validate_json(body).pixels
+    except ValidationError as error:
+        raise HTTPException(422, _explain(body, error)) from None
+    try:
+        # numpy builds the array from nested lists several times faster than torch.tensor.
+        array = np.array(pixels, dtype=np.float32)
+    except ValueError:
+        raise HTTPException(422, "pixels: the rows (or images) differ in length") from None
+    return _shaped(torch.from_numpy(array), array.shape)
+
+
+async def images_from_multipart(request: Request, body: bytes) -> Images:
+    parser = MultiPartParser(request.headers, _once(body), max_files=MAX_FILES, max_fields=16)
+    try:
+        form = await parser.parse()
+    except MultiPartException as error:
+        raise HTTPException(422, f"the multipart body is malformed: {error.message}") from None
+    try:
+        uploads = form.getlist(IMAGE_FIELD)
+        if not uploads:
+            raise HTTPException(
+                422, f"no image: send the PNG or JPEG as a file in the form field '{IMAGE_FIELD}'"
+            )
+        if not all(isinstance(upload, UploadFile) for upload in uploads):
+            raise HTTPException(
+                422, f"the form field '{IMAGE_FIELD}' must be a file upload, not a text value"
+            )
+        blobs = [await upload.read() for upload in uploads]  # type: ignore[union-attr]
+    finally:
+        await form.close()
+    try:
+        # Decoding may take milliseconds for a big photo: off the event loop.
+        digits = await run_in_threadpool(_decode_all, blobs)
+    except ImageRejected as error:
+        raise HTTPException(error.status_code, str(error)) from None
+    pixels = torch.stack(digits).float().div_(255)
+    return Images(pixels, single=len(blobs) == 1)
+
+
+def _decode_all(blobs: list[bytes]) -> list[Tensor]:
+    digits = []
+    for index, blob in enumerate(blobs):
+        try:
+            digits.append(decode_digit(blob))
+        except ImageRejected as error:
+            if len(blobs) == 1:
+                raise
+            raise ImageRejected(error.status_code, f"image {index}: {error}") from None
+    return digits
+
+
+def _shaped(pixels: Tensor, shape: tuple[int, ...]) -> Images:
+    """One image or a batch, by shape: (784,) and (28, 28) are one image; (N, 784) and
+    (N, 28, 28) are N. (28, 28) cannot be mistaken for a batch: a batch's images have 784."""
+    flat = SIDE * SIDE
+    if shape == (flat,) or shape == (SIDE, SIDE):
+        return Images(pixels.view(1, SIDE, SIDE), single=True)
+    if len(shape) == 2 and shape[0] > 0 and shape[1] == flat:
+        return Images(pixels.view(-1, SIDE, SIDE), single=False)
+    if len(shape) == 3 and shape[0] > 0 and shape[1:] == (SIDE, SIDE):
+        return Images(pixels, single=False)
+    if shape[0] == 0:
+        raise HTTPException(422, "pixels is empty: send one image (784 numbers) or a list of them")
+    raise HTTPException(
+        422,
+        f"pixels has shape {list(shape)}; expected 784 numbers, 28 rows of 28, or a list of "
+        "such images",
+    )
+
+
+def _depth(value: Any) -> str | None:
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        if not value:
+            break
+        value = value[0]
+    return str(depth) if 1 <= depth <= 3 else None
+
+
+class _PixelsByDepth(BaseModel):
+    """`PixelsBody` again, used only to explain a rejected body: the fast union's errors list
+    every branch, this one picks the branch by nesting depth, so the message names the
+    offending number and not three guesses."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pixels: Annotated[
+        Annotated[list[Pixel], Tag("1")]
+        | Annotated[list[list[Pixel]], Tag("2")]
+        | Annotated[list[list[list[Pixel]]], Tag("3")],
+        Discriminator(
+            _depth,
+            custom_error_type="pixels_shape",
+            custom_error_message="must be 784 numbers, 28 rows of 28, or a list of such images",
+        ),
+    ]
+
+
+def _explain(body: bytes, error: ValidationError) -> str:
+    try:
+        _PixelsByDepth.model_validate_json(body)
+    except ValidationError as precise:
+        return _describe(precise)
+    return _describe(error)
+
+
+def _describe(error: ValidationError, most: int = 3) -> str:
+    errors = error.errors(include_url=False)
+    parts = [f"{_where(e['loc'])}: {e['msg']}" if e["loc"] else e["msg"] for e in errors[:most]]
+    more = f" (and {len(errors) - most} more)" if len(errors) > most else ""
+    return "; ".join(parts) + more
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    name, *indexes = loc
+    # A union's branch tag appears in the location; a person only needs the indexes.
+    return str(name) + "".join(f"[{i}]" for i in indexes if isinstance(i, int))
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+def _too_large(max_bytes: int) -> HTTPException:
+    return HTTPException(
+        413, f"the body is larger than {max_bytes:,} bytes: send a smaller image or fewer images"
+    )
