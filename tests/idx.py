@@ -45,7 +45,9 @@ def write_images(path: Path, images: torch.Tensor) -> None:
 
 
 def write_labels(path: Path, labels: torch.Tensor) -> None:
-    path.write_bytes(struct.pack(">II", 2049, len(labels)) + labels.to(torch.uint8).numpy().tobytes())
+    path.write_bytes(
+        struct.pack(">II", 2049, len(labels)) + labels.to(torch.uint8).numpy().tobytes()
+    )
 
 
 def write_idx_dataset(

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from bnlab.models.batchnorm import BNImpl
-from bnlab.models.network import Architecture, NetStack
+from bnlab.models.network import VARIANTS, Architecture, NetStack
 
 FORMAT_VERSION = 1
 NET_FORMAT = "bnlab-net"
@@ -48,7 +48,10 @@ def load_net(path: Path, bn_impl: BNImpl = "bnlab") -> tuple[NetStack, dict[str,
             hidden_layers=tuple(arch_fields["hidden_layers"]),
             conv_channels=tuple(arch_fields["conv_channels"]),
         )
-        stack = NetStack.from_net_states(arch, [meta["variant"]], [tensors], bn_impl)
+        variant = meta["variant"]
+        if variant not in VARIANTS:
+            raise CheckpointError(f"{path} holds a net of unknown variant {variant!r}")
+        stack = NetStack.from_net_states(arch, variant, [tensors], bn_impl)
     except (KeyError, TypeError, RuntimeError, AssertionError) as error:
         raise CheckpointError(f"{path} does not hold a bnlab net that loads: {error!r}") from None
     return stack.eval(), meta

@@ -123,6 +123,9 @@ class Lane:
 
     def _rebuild(self, states: dict[str, dict[str, Tensor]]) -> None:
         """A stack of the nets in `states` (the ones still stepping), from those states."""
+        if not states:  # every net of the lane diverged: no stack is left to step
+            self.active = []
+            return
         arch, variant, bn_impl = self.stack.arch, self.stack.variant, self.stack.bn_impl
         stack = NetStack.from_net_states(arch, variant, list(states.values()), bn_impl)
         self._use(stack.to(self.device), list(states))

@@ -47,4 +47,4 @@ def stack_of_one(
     trainer: Trainer, label: Variant, arch: Architecture = MLP, bn_impl: BNImpl = "bnlab"
 ) -> NetStack:
     """One of a trainer's nets on its own, as serving holds it."""
-    return NetStack.from_net_states(arch, [label], [trainer.net_state(label)], bn_impl)
+    return NetStack.from_net_states(arch, label, [trainer.net_state(label)], bn_impl)

@@ -101,7 +101,7 @@ def test_saved_net_keeps_its_description(trained_pair: Trainer, tmp_path: Path) 
     assert meta["step"] == trained_pair.step
     assert meta["spec"]["learning_rate"] == trained_pair.spec.learning_rate
     assert "255" in meta["preprocessing"]
-    assert stack.variants == ["bn"]
+    assert stack.variant == "bn"
     live = trained_pair.net_state("bn")
     for name, tensor in stack.net_state(0).items():
         assert torch.equal(tensor, live[name]), name
@@ -132,6 +132,10 @@ def bnlab_metadata_not_an_object(path: Path, trainer: Trainer) -> None:
     save_file(trainer.net_state("bn"), path, metadata={"bnlab": "[1, 2]"})
 
 
+def unknown_variant(path: Path, trainer: Trainer) -> None:
+    save_net(path, trainer.net_state("bn"), variant="resnet", arch=MLP)
+
+
 def training_state(path: Path, trainer: Trainer) -> None:
     save_state(path, *trainer.state())
 
@@ -147,6 +151,7 @@ def missing(path: Path, trainer: Trainer) -> None:
         truncated,
         without_bnlab_metadata,
         bnlab_metadata_not_an_object,
+        unknown_variant,
         training_state,
         missing,
     ],
@@ -168,12 +173,10 @@ def assert_no_chained_traceback(error: BaseException) -> None:
     assert error.__context__ is None or error.__suppress_context__
 
 
-def test_load_net_says_a_training_state_is_not_a_net(
-    trained_pair: Trainer, tmp_path: Path
-) -> None:
+def test_load_net_says_a_training_state_is_not_a_net(trained_pair: Trainer, tmp_path: Path) -> None:
     path = tmp_path / "state.safetensors"
     save_state(path, *trained_pair.state())
-    with pytest.raises(CheckpointError, match="bnlab-training-state.*not a 'bnlab-net'"):
+    with pytest.raises(CheckpointError, match=r"'bnlab-training-state', not a 'bnlab-net'"):
         load_net(path)
 
 

@@ -1,10 +1,11 @@
 """The pair starts from one set of weights, drawn reproducibly; conv nets keep per-map BN stats."""
 
+import pytest
 import torch
 
 from bnlab.models.data import Splits
-from bnlab.models.network import Architecture, initial_weights
-from bnlab.models.trainer import Trainer, TrainingSpec, paired_trainer
+from bnlab.models.network import Architecture, NetStack, Variant, initial_weights
+from bnlab.models.trainer import TrainingSpec, paired_trainer
 from tests.models.conftest import CPU
 
 ARCH = Architecture()
@@ -54,3 +55,22 @@ def test_conv_pair_trains_and_its_bn_keeps_statistics_per_feature_map(splits: Sp
     assert bn["bn.0.running_mean"].unique().numel() == 4
     assert not torch.equal(bn["bn.0.running_var"], torch.ones(4))
     assert trainer.net_state("plain")["bias.0"].shape == (4,)
+
+
+@pytest.mark.parametrize("arch", [ARCH, CONV], ids=["mlp", "conv"])
+@pytest.mark.parametrize("variant", ["plain", "bn"])
+def test_nets_stacked_together_compute_what_each_computes_alone(
+    splits: Splits, arch: Architecture, variant: Variant
+) -> None:
+    weights = [initial_weights(arch, 0.05, seed) for seed in range(3)]
+    stacked = NetStack(arch, variant, weights)
+    alone = [NetStack(arch, variant, [w]) for w in weights]
+    images = splits.train.images[:60].float() / 255
+    # a training step's forward (which also moves BN's running statistics), then population
+    for mode in ("train", "population"):
+        logits = stacked(images, mode)
+        for index, net in enumerate(alone):
+            torch.testing.assert_close(logits[index], net(images, mode)[0], atol=1e-5, rtol=1e-5)
+    for index, net in enumerate(alone):
+        for name, tensor in stacked.net_state(index).items():
+            torch.testing.assert_close(tensor, net.net_state(0)[name], atol=1e-6, rtol=1e-5)

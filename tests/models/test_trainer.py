@@ -108,7 +108,9 @@ def test_training_finishes_when_every_net_diverges(splits: Splits) -> None:
     assert set(samples[-1].diverged_at) == {"plain", "bn"}
     assert samples[-1].step == spec.training_batches
     assert samples[-1].nets == {}
-    assert set(trainer.net_state("bn")) == set(paired_trainer(ARCH, spec, splits, CPU).net_state("bn"))
+    tensors, meta = trainer.state()  # both nets can still be saved, as they diverged
+    assert meta["diverged_at"] == samples[-1].diverged_at
+    assert {"plain/weight.0", "bn/weight.0", "bn/bn.0.running_var"} <= set(tensors)
 
 
 def test_cancel_hook_stops_training_at_a_sample_point(splits: Splits) -> None:

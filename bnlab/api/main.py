@@ -1,0 +1,33 @@
+"""The FastAPI app. `bnlab api` runs `uvicorn bnlab.api.main:create_app --factory`."""
+
+from fastapi import FastAPI
+
+from bnlab.api import errors
+from bnlab.api.broker import Broker
+from bnlab.api.routes import api_router
+from bnlab.api.serving import ServedNets, checkpoint_loader
+from bnlab.settings import Settings, get_settings
+from bnlab.store.db import make_sessionmaker
+
+DESCRIPTION = """
+The classic batch-normalization study as a service. Submit an experiment: two networks,
+with and without BN, train from the same initial weights on the same mini-batches. Follow
+their validation-accuracy curves, read the results, download the checkpoints, and ask the
+trained nets for predictions with BN using population or batch statistics.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """An app bound to `settings` (default: the `BNLAB_*` environment)."""
+    settings = settings or get_settings()
+    app = FastAPI(title="bnlab", version="0.1.0", description=DESCRIPTION)
+    # Long-lived objects, made once per app; deps.py hands them to routes.
+    app.state.settings = settings
+    app.state.broker = Broker(settings)
+    app.state.served_nets = ServedNets(
+        settings.predict_cache_size,
+        checkpoint_loader(settings, make_sessionmaker(settings.database_url)),
+    )
+    errors.install(app)
+    app.include_router(api_router)
+    return app

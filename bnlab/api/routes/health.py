@@ -1,0 +1,30 @@
+"""/health: can the API reach its database and broker, and which queues have workers."""
+
+from fastapi import APIRouter, Response
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from bnlab.api.deps import BrokerDep, SessionDep, SettingsDep
+from bnlab.api.redact import reason
+from bnlab.api.schemas import Health
+from bnlab.api.workers import live_worker_counts
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", responses={503: {"model": Health, "description": "Something is down."}})
+def health(
+    session: SessionDep, broker: BrokerDep, settings: SettingsDep, response: Response
+) -> Health:
+    """200 when the database and the broker answer, 503 otherwise; never shows a password."""
+    database, workers = "ok", None
+    try:
+        session.execute(text("SELECT 1"))
+        # Also proves the schema is there: `bnlab migrate` has run.
+        workers = live_worker_counts(session, settings)
+    except SQLAlchemyError as error:
+        database = f"unreachable or not migrated: {reason(error, settings.database_url)}"
+    broker_state = broker.check()
+    if database != "ok" or broker_state != "ok":
+        response.status_code = 503
+    return Health(database=database, broker=broker_state, workers=workers)  # type: ignore[arg-type]

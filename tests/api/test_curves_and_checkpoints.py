@@ -1,0 +1,131 @@
+"""Following an experiment: its curve as JSON and as a plot, and its checkpoint files."""
+
+import io
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from bnlab.store import queries
+from bnlab.store.tables import CurvePoint, Experiment
+from tests.api.conftest import add_checkpoints, add_experiment
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def add_points(session: Session, experiment: Experiment, variant: str, points: list[tuple]) -> None:
+    run = queries.run_of(experiment, variant)
+    for step, val_accuracy, train_loss in points:
+        session.add(
+            CurvePoint(run_id=run.id, step=step, val_accuracy=val_accuracy, train_loss=train_loss)
+        )
+    session.commit()
+
+
+@pytest.fixture
+def running(session: Session) -> Experiment:
+    """A running experiment part-way through, its points written out of step order."""
+    experiment = add_experiment(session, status="running", activation="sigmoid", learning_rate=1.0)
+    add_points(session, experiment, "bn", [(100, 0.9, 0.3), (0, 0.1, None), (50, 0.8, 0.6)])
+    add_points(session, experiment, "plain", [(50, 0.4, 1.9), (0, 0.12, None)])
+    return experiment
+
+
+def test_the_curve_comes_per_variant_in_step_order(client: TestClient, running: Experiment) -> None:
+    response = client.get(f"/experiments/{running.id}/curve")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "series": {
+            "plain": {"step": [0, 50], "val_accuracy": [0.12, 0.4], "train_loss": [None, 1.9]},
+            "bn": {"step": [0, 50, 100], "val_accuracy": [0.1, 0.8, 0.9], "train_loss": [None, 0.6, 0.3]},
+        }
+    }
+
+
+def test_a_curve_with_no_points_yet_is_empty(client: TestClient, session: Session) -> None:
+    experiment = add_experiment(session)
+    series = client.get(f"/experiments/{experiment.id}/curve").json()["series"]
+    empty = {"step": [], "val_accuracy": [], "train_loss": []}
+    assert series == {"plain": empty, "bn": empty}
+
+
+def test_the_curve_plot_is_a_png(client: TestClient, running: Experiment) -> None:
+    response = client.get(f"/experiments/{running.id}/curve.png")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert response.content.startswith(PNG_SIGNATURE)
+    image = Image.open(io.BytesIO(response.content))
+    assert image.size == (800, 500)
+    # The two curves are drawn in colour over a white/grey chart.
+    colours = {pixel[:3] for pixel in image.convert("RGB").getdata()}
+    assert any(r > 200 and g < 180 and b < 100 for r, g, b in colours)  # plain, orange
+    assert any(b > 150 and r < 100 for r, g, b in colours)  # bn, blue
+
+
+def test_the_plot_of_an_empty_curve_is_still_a_png(client: TestClient, session: Session) -> None:
+    experiment = add_experiment(session)
+    response = client.get(f"/experiments/{experiment.id}/curve.png")
+    assert response.status_code == 200
+    assert response.content.startswith(PNG_SIGNATURE)
+    Image.open(io.BytesIO(response.content)).verify()
+
+
+def test_the_plot_title_names_the_spec() -> None:
+    from bnlab.api.plotting import title
+
+    spec = {
+        "dataset": "mnist",
+        "activation": "sigmoid",
+        "learning_rate": 1.0,
+        "use_bad_weights": True,
+        "weight_std": None,
+        "training_batches": 2000,
+    }
+    assert title(spec) == "mnist, sigmoid, lr 1.0, bad init, 2,000 batches"
+    assert "good init" in title(spec | {"use_bad_weights": False})
+    assert "init std 0.5" in title(spec | {"use_bad_weights": False, "weight_std": 0.5})
+
+
+def test_a_checkpoint_downloads_as_a_safetensors_file(
+    client: TestClient, session: Session, tmp_path: Path
+) -> None:
+    experiment = add_experiment(session, status="succeeded")
+    paths = add_checkpoints(session, experiment, tmp_path / "checkpoints")
+
+    response = client.get(f"/experiments/{experiment.id}/checkpoints/plain")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert f'filename="experiment-{experiment.id}-plain.safetensors"' in (
+        response.headers["content-disposition"]
+    )
+    assert response.content == paths["plain"].read_bytes()
+    assert response.content != paths["bn"].read_bytes()
+
+
+def test_no_checkpoint_yet_is_404(client: TestClient, session: Session) -> None:
+    experiment = add_experiment(session, status="running")
+    response = client.get(f"/experiments/{experiment.id}/checkpoints/bn")
+    assert response.status_code == 404
+    assert response.json()["detail"] == f"experiment {experiment.id} has no bn checkpoint yet"
+
+
+def test_a_checkpoint_whose_file_is_gone_is_404(
+    client: TestClient, session: Session, tmp_path: Path
+) -> None:
+    experiment = add_experiment(session, status="succeeded")
+    add_checkpoints(session, experiment, tmp_path / "checkpoints")["bn"].unlink()
+    response = client.get(f"/experiments/{experiment.id}/checkpoints/bn")
+    assert response.status_code == 404
+    assert "file is gone" in response.json()["detail"]
+
+
+def test_checkpoint_variant_must_be_plain_or_bn(client: TestClient, session: Session) -> None:
+    experiment = add_experiment(session, status="succeeded")
+    response = client.get(f"/experiments/{experiment.id}/checkpoints/relu")
+    assert response.status_code == 422
+    assert "'plain' or 'bn'" in response.json()["detail"][0]["msg"]
