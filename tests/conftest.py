@@ -42,6 +42,15 @@ def sqlite_url(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
+    yield from _fresh_postgres_database()
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url() -> Iterator[str]:
+    yield from _fresh_postgres_database()
+
+
+def _fresh_postgres_database() -> Iterator[str]:
     admin_url = make_url(POSTGRES_ADMIN_URL)
     require_service("PostgreSQL", admin_url.host or "127.0.0.1", admin_url.port or 5432)
     name = f"bnlab_test_{uuid.uuid4().hex}"
@@ -61,6 +70,15 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture
 def redis_url() -> str:
+    return _empty_redis_db()
+
+
+@pytest.fixture(scope="module")
+def module_redis_url() -> str:
+    return _empty_redis_db()
+
+
+def _empty_redis_db() -> str:
     import redis
 
     require_service("Redis", REDIS_HOST, REDIS_PORT)

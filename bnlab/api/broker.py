@@ -27,7 +27,7 @@ class Broker:
         self._celery.send_task(RUN_EXPERIMENT, args=[experiment_id], queue=queue)
 
     def check(self) -> str:
-        """"ok", or what is wrong, quickly: a health probe must not hang on a dead broker."""
+        """ "ok", or what is wrong, quickly: a health probe must not hang on a dead broker."""
         if self._settings.broker_url == "filesystem://":
             # The embedded broker is a folder: reachable means there and writable.
             folder = self._settings.broker_dir / "queue"

@@ -18,7 +18,7 @@ FORMATS = ("PNG", "JPEG")
 MAX_PIXELS = 4096 * 4096
 
 
-class ImageRejected(ValueError):
+class ImageRejected(Exception):
     """An upload that cannot be served, with the HTTP status that says why."""
 
     def __init__(self, status_code: int, message: str) -> None:
@@ -43,7 +43,9 @@ def decode_digit(data: bytes) -> Tensor:
             gray = _grayscale(ImageOps.exif_transpose(image))
             small = gray.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
     except Image.DecompressionBombError as error:
-        raise ImageRejected(413, f"the image has too many pixels to decode safely: {error}") from None
+        raise ImageRejected(
+            413, f"the image has too many pixels to decode safely: {error}"
+        ) from None
     except UnidentifiedImageError:
         raise ImageRejected(422, "the upload is not a PNG or JPEG image") from None
     except (OSError, SyntaxError, ValueError) as error:

@@ -11,9 +11,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on a server; set before anything imports pyplot
 
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.figure import Figure
 
-from bnlab.api.schemas import Series  # noqa: E402
+from bnlab.api.schemas import Series
 
 COLORS = {"plain": "tab:orange", "bn": "tab:blue"}
 LABELS = {"plain": "without BN", "bn": "with BN"}

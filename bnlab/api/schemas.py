@@ -139,8 +139,10 @@ Pixel = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 def _digit_one() -> list[list[float]]:
     """A crude '1' for the docs' example: a vertical bar, white on black."""
-    return [[1.0 if 12 <= column <= 15 and 4 <= row <= 23 else 0.0 for column in range(28)]
-            for row in range(28)]
+    return [
+        [1.0 if 12 <= column <= 15 and 4 <= row <= 23 else 0.0 for column in range(28)]
+        for row in range(28)
+    ]
 
 
 class PixelsBody(BaseModel):

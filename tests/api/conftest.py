@@ -78,7 +78,7 @@ def add_checkpoints(session: Session, experiment: Experiment, folder: Path) -> d
     weights = initial_weights(ARCH, WEIGHT_STD, seed=3)
     paths = {}
     for variant in ("plain", "bn"):
-        stack = NetStack(ARCH, [variant], [weights])
+        stack = NetStack(ARCH, variant, [weights])
         path = folder / f"experiment-{experiment.id}" / f"{variant}.safetensors"
         sha256, size = save_net(path, stack.net_state(0), variant=variant, arch=ARCH, step=200)
         run = queries.run_of(experiment, variant)

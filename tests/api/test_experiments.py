@@ -47,7 +47,12 @@ def test_submit_stores_the_experiment_and_queues_its_id(
     assert body["queue"] == "cpu"
     assert body["spec"]["activation"] == "sigmoid"
     assert body["spec"]["learning_rate"] == 0.01  # the study's default, stored explicitly
-    assert body["progress"] == {"step": 0, "total": 2000, "steps_per_second": None, "eta_seconds": None}
+    assert body["progress"] == {
+        "step": 0,
+        "total": 2000,
+        "steps_per_second": None,
+        "eta_seconds": None,
+    }
     assert set(body["results"]) == {"plain", "bn"}
     assert all(value is None for value in body["results"]["bn"].values())
 
@@ -192,7 +197,10 @@ def test_when_the_embedded_broker_folder_is_gone_the_experiment_fails_loudly(
 def test_list_pages_newest_first_and_filters_by_status(
     client: TestClient, session: Session
 ) -> None:
-    ids = [add_experiment(session, status=s).id for s in ["queued", "succeeded", "queued", "failed", "succeeded"]]
+    ids = [
+        add_experiment(session, status=s).id
+        for s in ["queued", "succeeded", "queued", "failed", "succeeded"]
+    ]
 
     page = client.get("/experiments", params={"limit": 2}).json()
     assert [item["id"] for item in page["items"]] == ids[::-1][:2]
@@ -232,7 +240,12 @@ def test_an_experiment_reads_with_its_progress_and_results(
 
     assert body["status"] == "succeeded"
     assert body["finished_at"] is not None and body["started_at"] is not None
-    assert body["progress"] == {"step": 200, "total": 200, "steps_per_second": 40.0, "eta_seconds": 0.0}
+    assert body["progress"] == {
+        "step": 200,
+        "total": 200,
+        "steps_per_second": 40.0,
+        "eta_seconds": 0.0,
+    }
     assert body["results"]["bn"] == {
         "final_val_accuracy": 0.97,
         "test_accuracy": 0.96,

@@ -61,10 +61,12 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         )
 
 
-@pytest.fixture(params=["embedded", "redis-postgres"])
+@pytest.fixture(scope="module", params=["embedded", "redis-postgres"])
 def service(
-    request: pytest.FixtureRequest, tmp_path: Path, idx_data_dir: Path
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, idx_data_dir: Path
 ) -> Iterator[Service]:
+    """One service per stack and test module; its tests' experiments don't share anything."""
+    tmp_path = tmp_path_factory.mktemp(f"service-{request.param}")
     port = _free_port()
     env = {
         **os.environ,
@@ -75,8 +77,8 @@ def service(
         "BNLAB_WORKER_HEARTBEAT_SECONDS": "0.5",
     }
     if request.param == "redis-postgres":
-        env["BNLAB_DATABASE_URL"] = request.getfixturevalue("postgres_url")
-        env["BNLAB_BROKER_URL"] = request.getfixturevalue("redis_url")
+        env["BNLAB_DATABASE_URL"] = request.getfixturevalue("module_postgres_url")
+        env["BNLAB_BROKER_URL"] = request.getfixturevalue("module_redis_url")
     logs = tmp_path / "logs"
     logs.mkdir()
     subprocess.run(

@@ -48,7 +48,9 @@ def create_experiment(
     """Queue a paired experiment (plain and BN nets from the same initial weights)."""
     experiment = submit.submit_experiment(session, broker, spec)
     response.headers["Location"] = f"/experiments/{experiment.id}"
-    return ExperimentOut.from_row(experiment, notices(session, settings, [experiment])[experiment.id])
+    return ExperimentOut.from_row(
+        experiment, notices(session, settings, [experiment])[experiment.id]
+    )
 
 
 @router.get("")
@@ -71,7 +73,9 @@ def get_experiment(
     experiment: ExperimentDep, session: SessionDep, settings: SettingsDep
 ) -> ExperimentOut:
     """Status, progress, results, and what to do if it waits on a missing worker."""
-    return ExperimentOut.from_row(experiment, notices(session, settings, [experiment])[experiment.id])
+    return ExperimentOut.from_row(
+        experiment, notices(session, settings, [experiment])[experiment.id]
+    )
 
 
 @router.get("/{experiment_id}/curve", responses=NOT_FOUND)
@@ -83,7 +87,10 @@ def get_curve(experiment: ExperimentDep, session: SessionDep) -> Curve:
 @router.get(
     "/{experiment_id}/curve.png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "The curve, plotted."}, **NOT_FOUND},
+    responses={
+        200: {"content": {"image/png": {}}, "description": "The curve, plotted."},
+        **NOT_FOUND,
+    },
 )
 def get_curve_png(experiment: ExperimentDep, session: SessionDep) -> Response:
     """Both variants' validation accuracy against step; a partial curve while it runs."""
@@ -110,7 +117,9 @@ def cancel_experiment(
     session.refresh(experiment)
     if not cancelled:  # it finished between our read and the update
         raise _not_cancellable(experiment)
-    return ExperimentOut.from_row(experiment, notices(session, settings, [experiment])[experiment.id])
+    return ExperimentOut.from_row(
+        experiment, notices(session, settings, [experiment])[experiment.id]
+    )
 
 
 def _not_cancellable(experiment: Experiment) -> HTTPException:
@@ -129,7 +138,9 @@ def _not_cancellable(experiment: Experiment) -> HTTPException:
         404: {"model": Message, "description": "No such experiment, or no checkpoint yet."},
     },
 )
-def download_checkpoint(experiment: ExperimentDep, variant: Variant, session: SessionDep) -> FileResponse:
+def download_checkpoint(
+    experiment: ExperimentDep, variant: Variant, session: SessionDep
+) -> FileResponse:
     """The variant's latest checkpoint (safetensors: weights, BN statistics, metadata)."""
     checkpoint = queries.latest_checkpoint(session, experiment.id, variant)
     if checkpoint is None:
@@ -137,7 +148,8 @@ def download_checkpoint(experiment: ExperimentDep, variant: Variant, session: Se
     path = Path(checkpoint.path)
     if not path.is_file():
         raise HTTPException(
-            404, f"experiment {experiment.id}'s {variant} checkpoint is recorded but its file is gone"
+            404,
+            f"experiment {experiment.id}'s {variant} checkpoint is recorded but its file is gone",
         )
     return FileResponse(
         path,

@@ -1,7 +1,8 @@
 """/predict: a trained net's answer for one image or a batch, with BN in the mode asked for.
 
 The hot path (net cached, JSON pixels) is an `async def` that touches neither the database nor
-the threadpool: cache lookup, pydantic parse, one forward pass, a plain JSONResponse.
+the threadpool: cache lookup, pydantic parse, one forward pass, a plain JSONResponse. Its route
+is the app's first and takes no `Depends`: both cost measurable time per request (see deps.py).
 """
 
 from typing import Annotated, Any
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from bnlab.api.deps import ServedNetsDep, SettingsDep
+from bnlab.api.deps import app_settings, served_nets
 from bnlab.api.schemas import MAX_ID, Message, PixelsBody, PredictionOut, Variant
 from bnlab.api.uploads import IMAGE_FIELD, read_images
 from bnlab.models.inference import Mode, Prediction
@@ -83,8 +84,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def predict(
     request: Request,
-    nets: ServedNetsDep,
-    settings: SettingsDep,
     experiment_id: Annotated[int, Query(ge=1, le=MAX_ID)],
     variant: Variant = "bn",
     mode: Mode = "population",
@@ -92,10 +91,11 @@ async def predict(
     """Classify digits with a succeeded experiment's net. `mode`: `population` (BN's running
     statistics, as served models should), `batch` (the statistics of the images sent: one image
     collapses to the same answer for every input), `fused` (BN folded into the weights)."""
+    nets = served_nets(request)
     net = nets.get(experiment_id, variant)
     if net is None:
         net = await run_in_threadpool(nets.load, experiment_id, variant)
-    images = await read_images(request, settings.max_upload_bytes)
+    images = await read_images(request, app_settings(request).max_upload_bytes)
     if len(images.pixels) <= INLINE_BATCH:
         prediction = net.predict(images.pixels, mode)
     else:
