@@ -4,7 +4,7 @@ from fastapi import FastAPI
 
 from bnlab.api import errors
 from bnlab.api.broker import Broker
-from bnlab.api.routes import ROUTERS
+from bnlab.api.routes import add_routes
 from bnlab.api.serving import ServedNets, checkpoint_loader
 from bnlab.settings import Settings, get_settings
 from bnlab.store.db import make_sessionmaker
@@ -29,6 +29,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         checkpoint_loader(settings, make_sessionmaker(settings.database_url)),
     )
     errors.install(app)
-    for router in ROUTERS:
-        app.include_router(router)
+    add_routes(app)
     return app

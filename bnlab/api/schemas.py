@@ -6,7 +6,7 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from bnlab.models.inference import MODES, Mode
 from bnlab.store.tables import QUEUES, STATUSES, VARIANTS, CurvePoint, Experiment, Run
@@ -23,7 +23,6 @@ assert get_args(Mode) == MODES
 # Experiment ids are an INTEGER column (32 bits on PostgreSQL): a larger number in a URL is a
 # 422, not a database overflow error.
 MAX_ID = 2**31 - 1
-IMAGE_SIDE = 28
 
 
 class Message(BaseModel):
@@ -145,6 +144,18 @@ def _digit_one() -> list[list[float]]:
     ]
 
 
+def pixels_depth(value: Any) -> str | None:
+    """How deeply `pixels` nests: "1" (784 numbers), "2" (28 rows, or a batch of flat images),
+    "3" (a batch of 28x28 images); None for anything else."""
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        if not value:
+            break
+        value = value[0]
+    return str(depth) if 1 <= depth <= 3 else None
+
+
 class PixelsBody(BaseModel):
     """Images as numbers: 784 values, or 28 rows of 28, each in [0, 1]; a list of such images is
     a batch (and gets a list of predictions)."""
@@ -156,10 +167,34 @@ class PixelsBody(BaseModel):
         },
     )
 
-    # A plain (smart) union: pydantic validates it in Rust about as fast as one list type.
-    # The nesting depth says single or batch; `uploads.images_from_pixels` checks the shape.
-    pixels: list[Pixel] | list[list[Pixel]] | list[list[list[Pixel]]] = Field(
-        description="784 numbers, 28 rows of 28, or a list of either (a batch); each in [0, 1]."
+    # Discriminated by depth, so an error names the offending number in the one shape that was
+    # meant, not once per shape. `uploads.parse_pixels` has faster single-shape twins.
+    pixels: Annotated[
+        Annotated[list[Pixel], Tag("1")]
+        | Annotated[list[list[Pixel]], Tag("2")]
+        | Annotated[list[list[list[Pixel]]], Tag("3")],
+        Discriminator(
+            pixels_depth,
+            custom_error_type="pixels_shape",
+            custom_error_message="must be 784 numbers, 28 rows of 28, or a list of such images",
+        ),
+        Field(description="784 numbers, 28 rows of 28, or a list of either (a batch), in [0, 1]."),
+    ]
+
+
+class PredictQuery(BaseModel):
+    """/predict's query parameters."""
+
+    # A misspelt parameter (`?modes=batch`) must not silently fall back to the default.
+    model_config = ConfigDict(extra="forbid")
+
+    experiment_id: int = Field(ge=1, le=MAX_ID, description="A succeeded experiment's id.")
+    variant: Variant = Field("bn", description="Which of the pair answers.")
+    mode: Mode = Field(
+        "population",
+        description="BN's statistics: `population` (running statistics, as served models "
+        "should), `batch` (those of the images sent; one image collapses every answer to the "
+        "same class), `fused` (population, with BN folded into the weights).",
     )
 
 

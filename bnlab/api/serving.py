@@ -99,7 +99,11 @@ def checkpoint_loader(
         except OSError as error:
             raise HTTPException(409, f"{what} cannot be read: {error.strerror}") from None
         except CheckpointError as error:
-            raise HTTPException(409, f"{what} does not load: {error}") from None
+            # The message names the file; its folder on the server is no business of a client.
+            message = str(error).replace(str(path), path.name)
+            raise HTTPException(409, f"{what} does not load: {message}") from None
+        if stack.variant != variant:
+            raise HTTPException(409, f"{what} holds a {stack.variant} net; it is not served")
         return LoadedNet(ServedNet(stack), checkpoint.version)
 
     return load

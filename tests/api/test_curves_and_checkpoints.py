@@ -1,6 +1,7 @@
 """Following an experiment: its curve as JSON and as a plot, and its checkpoint files."""
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy.orm import Session
 
+from bnlab.api.plotting import curve_png, title
+from bnlab.api.schemas import Series
 from bnlab.store import queries
 from bnlab.store.tables import CurvePoint, Experiment
 from tests.api.conftest import add_checkpoints, add_experiment
@@ -78,9 +81,22 @@ def test_the_plot_of_an_empty_curve_is_still_a_png(client: TestClient, session: 
     Image.open(io.BytesIO(response.content)).verify()
 
 
-def test_the_plot_title_names_the_spec() -> None:
-    from bnlab.api.plotting import title
+def test_plots_drawn_at_the_same_time_do_not_draw_on_each_other() -> None:
+    def series(n: int) -> dict[str, Series]:
+        steps = list(range(0, 50 * (n + 2), 50))
+        accuracy = [min(0.99, 0.1 + 0.2 * i / (n + 1)) for i in range(len(steps))]
+        points = Series(step=steps, val_accuracy=accuracy, train_loss=[None] * len(steps))
+        return {"plain": points, "bn": points}
 
+    spec = {"activation": "relu", "learning_rate": 0.01, "training_batches": 500}
+    alone = [curve_png(series(n), spec) for n in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda n: curve_png(series(n), spec), range(6)))
+    assert together == alone
+    assert len(set(alone)) == 6
+
+
+def test_the_plot_title_names_the_spec() -> None:
     spec = {
         "dataset": "mnist",
         "activation": "sigmoid",

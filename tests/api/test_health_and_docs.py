@@ -57,6 +57,20 @@ def test_an_unmigrated_database_is_503(tmp_path: Path, settings: Settings) -> No
     assert body["workers"] is None
 
 
+def test_requests_to_an_unmigrated_database_are_503_not_500(
+    tmp_path: Path, settings: Settings
+) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    try:
+        with TestClient(create_app(make_settings(tmp_path, url))) as client:
+            response = client.get("/experiments")
+    finally:
+        make_engine(url).dispose()
+    assert response.status_code == 503
+    assert "no such table" in response.json()["detail"]
+    assert "GET /health" in response.json()["detail"]
+
+
 def test_unreachable_servers_are_503_and_their_passwords_stay_hidden(
     tmp_path: Path, settings: Settings
 ) -> None:
@@ -101,6 +115,10 @@ def test_every_request_body_has_an_example(client: TestClient) -> None:
     assert bodies == 3  # /experiments JSON; /predict JSON and multipart
     predict = document["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert set(predict) == {"application/json", "multipart/form-data"}
+    parameters = {p["name"]: p for p in document["paths"]["/predict"]["post"]["parameters"]}
+    assert parameters["experiment_id"]["required"] is True
+    assert parameters["variant"]["schema"]["enum"] == ["plain", "bn"]
+    assert parameters["mode"]["schema"]["enum"] == ["population", "batch", "fused"]
 
 
 def _resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:

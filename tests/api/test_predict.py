@@ -1,6 +1,7 @@
 """/predict: served answers match the checkpointed nets, for JSON pixels and image uploads, in
 every BN mode; and every way a request can be wrong gets a 4xx that says why."""
 
+import asyncio
 import io
 import json
 import struct
@@ -17,11 +18,14 @@ from PIL import Image
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from bnlab.api.images import decode_digit
 from bnlab.api.main import create_app
 from bnlab.api.schemas import PredictionOut
-from bnlab.models.checkpoint import load_net
+from bnlab.api.serving import LoadedNet, ServedNets
+from bnlab.models.checkpoint import load_net, sha256_of
 from bnlab.models.inference import ServedNet
 from bnlab.settings import Settings
+from bnlab.store import queries
 from bnlab.store.db import make_engine
 from bnlab.store.tables import Experiment
 from tests.api.conftest import add_checkpoints, add_experiment
@@ -204,13 +208,16 @@ def test_jpeg_uploads_of_any_size_are_read(
 
 
 def test_the_upload_is_made_into_the_digit_the_nets_expect() -> None:
-    from bnlab.api.images import decode_digit
-
     for array in (digit("7"), 255 - digit("7")):
         for data in (encoded(array, size=112), encoded(array, "JPEG", size=112, quality=95)):
             decoded = decode_digit(data).numpy().astype(np.int16)
             assert decoded.shape == (28, 28)
             assert np.abs(decoded - digit("7")).mean() < 12  # white on black, whatever was sent
+    # Black ink on a transparent canvas: shown on white, then inverted like paper.
+    ink = np.zeros((28, 28, 4), dtype=np.uint8)
+    ink[..., 3] = digit("7")
+    decoded = decode_digit(encoded(ink)).numpy().astype(np.int16)
+    assert np.abs(decoded - digit("7")).mean() < 2
 
 
 def test_several_image_fields_are_a_batch(client: TestClient, served: Experiment) -> None:
@@ -238,11 +245,23 @@ def test_a_cached_net_is_served_without_touching_the_database(
     assert statements == []
 
 
-def test_the_cache_holds_at_most_its_size(
-    tmp_path: Path, sqlite_url: str, settings: Settings, served: Experiment
-) -> None:
-    small = Settings(**(settings.model_dump() | {"predict_cache_size": 1}))
-    app = create_app(small)
+def test_the_cache_keeps_the_most_recently_used_nets() -> None:
+    loads: list[tuple[int, str]] = []
+
+    def load(experiment_id: int, variant: str) -> LoadedNet:
+        loads.append((experiment_id, variant))
+        return LoadedNet(net=object(), checkpoint_version=1)  # type: ignore[arg-type]
+
+    nets = ServedNets(2, load)
+    for key in [(1, "bn"), (1, "plain"), (1, "bn"), (2, "bn"), (1, "bn"), (1, "plain")]:
+        assert (nets.get(*key) or nets.load(*key)) is not None
+    # (1, plain) was least recently used when (2, bn) came; then (2, bn) when (1, plain) came.
+    assert loads == [(1, "bn"), (1, "plain"), (2, "bn"), (1, "plain")]
+    assert len(nets) == 2
+
+
+def test_the_apps_cache_holds_at_most_its_size(settings: Settings, served: Experiment) -> None:
+    app = create_app(Settings(**(settings.model_dump() | {"predict_cache_size": 1})))
     with TestClient(app) as client:
         for variant in ("bn", "plain", "bn"):
             response = predict(client, served.id, json={"pixels": pixels("1")}, variant=variant)
@@ -290,6 +309,31 @@ def test_unknown_variant_mode_or_id_is_422(
     )
     assert response.status_code == 422
     assert next(iter(params)) in json.dumps(response.json()["detail"])
+
+
+def test_a_misspelt_query_parameter_is_422_not_ignored(
+    client: TestClient, served: Experiment
+) -> None:
+    response = client.post(
+        "/predict",
+        params={"experiment_id": served.id, "modes": "batch"},
+        json={"pixels": pixels("1")},
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"] == "modes: Extra inputs are not permitted"
+
+
+def test_json_spelt_unusually_is_still_read(client: TestClient, served: Experiment) -> None:
+    as_usual = predict(client, served.id, json={"pixels": pixels("7")}).json()
+    rows = ",\n".join("  [ " + ", ".join(str(v) for v in row) + " ]" for row in pixels("7"))
+    spaced = '{ "pixels" :\n [\n' + rows + "\n ] }"
+    escaped = json.dumps({"pixels": pixels("7")}).replace('"pixels"', '"pi\\u0078els"')
+    for body in (spaced, escaped):
+        response = predict(
+            client, served.id, content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["probabilities"] == pytest.approx(as_usual["probabilities"])
 
 
 def test_a_missing_experiment_id_is_422(client: TestClient) -> None:
@@ -368,6 +412,40 @@ def test_a_body_over_the_limit_is_413_by_its_declared_length(
     response = predict(client, served.id, files={"image": ("big.png", big, "image/png")})
     assert response.status_code == 413
     assert f"{settings.max_upload_bytes:,} bytes" in response.json()["detail"]
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading_the_body(
+    settings: Settings, served: Experiment
+) -> None:
+    app = create_app(settings)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("the body was read")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(settings.max_upload_bytes + 1).encode()),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "query_string": f"experiment_id={served.id}".encode(),
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413
 
 
 def test_a_body_over_the_limit_is_413_even_without_a_length(
@@ -488,15 +566,26 @@ def test_a_checkpoint_missing_or_unreadable_is_409(
     assert "missing on disk" in missing.json()["detail"]
 
     # A file that hashes as recorded but is no checkpoint: refused by the loader.
-    from bnlab.store import queries
-
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not safetensors at all")
-    from bnlab.models.checkpoint import sha256_of
-
     run = queries.run_of(experiment, "plain")
     queries.add_checkpoint(session, run, 300, str(garbage), sha256_of(garbage), 22)
     session.commit()
     unreadable = predict(client, experiment.id, json={"pixels": pixels("1")}, variant="plain")
     assert unreadable.status_code == 409
     assert "does not load" in unreadable.json()["detail"]
+    assert str(tmp_path) not in unreadable.json()["detail"]
+
+
+def test_a_checkpoint_of_the_other_variant_is_not_served(
+    client: TestClient, session: Session, tmp_path: Path
+) -> None:
+    experiment = add_experiment(session, status="succeeded")
+    paths = add_checkpoints(session, experiment, tmp_path / "checkpoints")
+    # A newer "bn" checkpoint that is really the plain net.
+    run = queries.run_of(experiment, "bn")
+    queries.add_checkpoint(session, run, 300, str(paths["plain"]), sha256_of(paths["plain"]), 1)
+    session.commit()
+    response = predict(client, experiment.id, json={"pixels": pixels("1")})
+    assert response.status_code == 409
+    assert "holds a plain net" in response.json()["detail"]

@@ -1,11 +1,13 @@
-"""The API's routers, one module per resource, in the order the app matches them.
+"""The API's routes, one module per resource."""
 
-/predict comes first and the routers are included into the app itself, not into an umbrella
-router: every level of nesting and every route tried before it adds to each request's cost.
-"""
-
-from fastapi import APIRouter
+from fastapi import FastAPI
 
 from bnlab.api.routes import experiments, health, predict
 
-ROUTERS: tuple[APIRouter, ...] = (predict.router, experiments.router, health.router)
+
+def add_routes(app: FastAPI) -> None:
+    # /predict goes on the app itself, first: FastAPI matches an included router as a nested
+    # router, and that level, like every route tried before, costs each prediction time.
+    app.add_api_route(endpoint=predict.predict, **predict.ROUTE)
+    app.include_router(experiments.router)
+    app.include_router(health.router)

@@ -20,6 +20,7 @@ from bnlab.api.schemas import (
     Variant,
 )
 from bnlab.api.workers import notices
+from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
 from bnlab.store import queries
 from bnlab.store.queries import TERMINAL
@@ -48,9 +49,7 @@ def create_experiment(
     """Queue a paired experiment (plain and BN nets from the same initial weights)."""
     experiment = submit.submit_experiment(session, broker, spec)
     response.headers["Location"] = f"/experiments/{experiment.id}"
-    return ExperimentOut.from_row(
-        experiment, notices(session, settings, [experiment])[experiment.id]
-    )
+    return _present(experiment, session, settings)
 
 
 @router.get("")
@@ -73,9 +72,7 @@ def get_experiment(
     experiment: ExperimentDep, session: SessionDep, settings: SettingsDep
 ) -> ExperimentOut:
     """Status, progress, results, and what to do if it waits on a missing worker."""
-    return ExperimentOut.from_row(
-        experiment, notices(session, settings, [experiment])[experiment.id]
-    )
+    return _present(experiment, session, settings)
 
 
 @router.get("/{experiment_id}/curve", responses=NOT_FOUND)
@@ -117,9 +114,7 @@ def cancel_experiment(
     session.refresh(experiment)
     if not cancelled:  # it finished between our read and the update
         raise _not_cancellable(experiment)
-    return ExperimentOut.from_row(
-        experiment, notices(session, settings, [experiment])[experiment.id]
-    )
+    return _present(experiment, session, settings)
 
 
 def _not_cancellable(experiment: Experiment) -> HTTPException:
@@ -156,6 +151,11 @@ def download_checkpoint(
         media_type="application/octet-stream",
         filename=f"experiment-{experiment.id}-{variant}.safetensors",
     )
+
+
+def _present(experiment: Experiment, session: Session, settings: Settings) -> ExperimentOut:
+    notice = notices(session, settings, [experiment])[experiment.id]
+    return ExperimentOut.from_row(experiment, notice)
 
 
 def _series(session: Session, experiment_id: int) -> dict[Variant, Series]:
