@@ -77,9 +77,10 @@ class BatchNorm(nn.Module):
         var = (centered * centered).mean(dim=self.reduce_dims, keepdim=True)
         if mode == "train":
             count = x.numel() // mean.numel()
-            with torch.no_grad():
-                self.running_mean.lerp_(mean, MOMENTUM)
-                self.running_var.lerp_(var * (count / (count - 1)), MOMENTUM)
+            # detached, not just no_grad: the trainer traces this (torch.jit.trace records ops,
+            # not grad mode)
+            self.running_mean.lerp_(mean.detach(), MOMENTUM)
+            self.running_var.lerp_(var.detach() * (count / (count - 1)), MOMENTUM)
         return centered * torch.rsqrt(var + EPSILON) * self.gamma + self.beta
 
     def _torch_forward(self, x: Tensor, mode: BNMode) -> Tensor:

@@ -92,9 +92,7 @@ def _fused_state(state: dict[str, Tensor], stack: NetStack) -> dict[str, Tensor]
     fused = {"output_bias": state["output_bias"], f"weight.{n_hidden}": state[f"weight.{n_hidden}"]}
     for i in range(n_hidden):
         scale = state[f"bn.{i}.gamma"] * torch.rsqrt(state[f"bn.{i}.running_var"] + EPSILON)
-        weight = state[f"weight.{i}"]
-        # conv kernels are (out, in, k, k); linear weights are (in, out)
-        shape = (-1, 1, 1, 1) if weight.dim() == 4 else (1, -1)
-        fused[f"weight.{i}"] = weight * scale.view(shape)
+        weight = state[f"weight.{i}"]  # (out, in) or (out, in, k, k): scale each output
+        fused[f"weight.{i}"] = weight * scale.view(-1, *[1] * (weight.dim() - 1))
         fused[f"bias.{i}"] = state[f"bn.{i}.beta"] - state[f"bn.{i}.running_mean"] * scale
     return fused

@@ -46,7 +46,7 @@ class Architecture:
     conv_channels: tuple[int, ...] = ()
 
     def weight_shapes(self) -> list[tuple[int, ...]]:
-        """Shapes of the initial weights: conv kernels (out, in, k, k), then linear (in, out)."""
+        """Shapes of the initial weights: conv kernels (out, in, k, k), then linear (out, in)."""
         shapes: list[tuple[int, ...]] = []
         channels = 1
         for out in self.conv_channels:
@@ -54,7 +54,7 @@ class Architecture:
             channels = out
         side = IMAGE_SIDE // 2 ** len(self.conv_channels)
         widths = [channels * side * side, *self.hidden_layers, 10]
-        shapes += [(n_in, n_out) for n_in, n_out in zip(widths, widths[1:], strict=False)]
+        shapes += [(n_out, n_in) for n_in, n_out in zip(widths, widths[1:], strict=False)]
         return shapes
 
 
@@ -92,7 +92,7 @@ class NetStack(nn.Module):
         self.norms = nn.ModuleList()  # bn: a BN layer per hidden layer
         for i, shape in enumerate(arch.weight_shapes()[:-1]):
             conv = i < len(arch.conv_channels)
-            width = self.size * shape[0] if conv else shape[1]
+            width = self.size * shape[0] if conv else shape[0]
             if variant == "plain":
                 self.biases.append(nn.Parameter(torch.zeros((width,) if conv else (self.size, 1, width))))
             elif conv:
@@ -116,13 +116,15 @@ class NetStack(nn.Module):
         return self._linear(h, len(self.weights) - 1, self.output_bias)
 
     def _linear(self, h: Tensor, layer: int, bias: Tensor | None = None) -> Tensor:
-        weight = self.weights[layer]
+        weight = self.weights[layer]  # (net, out, in), as nn.Linear keeps it: the faster GEMMs
+        if h.dim() == 3 and self.size == 1:  # a lone net: a plain GEMM beats a batch of one
+            return F.linear(h[0], weight[0], None if bias is None else bias[0, 0]).unsqueeze(0)
         if h.dim() == 3:
-            return torch.matmul(h, weight) if bias is None else torch.baddbmm(bias, h, weight)
+            transposed = weight.transpose(1, 2)
+            return torch.matmul(h, transposed) if bias is None else torch.baddbmm(bias, h, transposed)
         # Every net sees the same images: one (batch, in) x (in, nets * out) GEMM, where a
         # batched matmul would copy the images once per net.
-        weight = weight.transpose(0, 1).flatten(1)
-        z = h @ weight if bias is None else torch.addmm(bias.transpose(0, 1).flatten(1), h, weight)
+        z = F.linear(h, weight.flatten(0, 1), None if bias is None else bias.flatten())
         return z.view(z.shape[0], self.size, -1).transpose(0, 1)
 
     def _conv_features(self, images: Tensor, mode: BNMode) -> Tensor:

@@ -13,6 +13,7 @@ while the others carry on.
 """
 
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from bnlab.models.batchnorm import BNImpl
 from bnlab.models.data import BatchOrder, Split, Splits, to_inputs
@@ -84,14 +85,20 @@ class Lane:
         self.optimizer = torch.optim.SGD(stack.parameters(), lr=1.0, foreach=True)
         rates = [self.nets[label].learning_rate for label in active]
         self._loss_weights = torch.tensor(rates, device=self.device)
+        if active:
+            self._losses = _traced_losses(stack, self.train_split, self.order.batch_size)
 
     def train(self, first_step: int, end_step: int) -> None:
         """Steps [first_step, end_step): one sample interval."""
-        if not self.active:
+        if not self.active or end_step <= first_step:
             return
         losses = torch.empty(end_step - first_step, len(self.active), device=self.device)
-        for row, step in enumerate(range(first_step, end_step)):
-            losses[row] = self._train_step(step)
+        # The traced graph runs op by op under eager autograd: an optimizing executor would swap
+        # in its own derivatives after a few calls, and a resumed run (traced afresh) would then
+        # not be bit-identical to an uninterrupted one.
+        with torch.jit.optimized_execution(False):
+            for row, step in enumerate(range(first_step, end_step)):
+                losses[row] = self._train_step(step)
         # Checked once per interval, not per step: a per-step check would stall on the device.
         # Nets are independent inside a stack, so a diverged one harms no other meanwhile.
         finite = torch.isfinite(losses).all(dim=0).tolist()
@@ -102,10 +109,7 @@ class Lane:
 
     def _train_step(self, step: int) -> Tensor:
         indices = self.order.indices(step)
-        logits = self.stack(to_inputs(self.train_split.images[indices]), "train")
-        labels = self.train_split.labels[indices].repeat(self.stack.size)
-        losses = F.cross_entropy(logits.flatten(0, 1), labels, reduction="none")
-        losses = losses.view(self.stack.size, -1).mean(dim=1)
+        losses = self._losses(self.train_split.images[indices], self.train_split.labels[indices])
         self.optimizer.zero_grad(set_to_none=True)
         losses.dot(self._loss_weights).backward()
         self.optimizer.step()
@@ -151,6 +155,36 @@ class Lane:
         self._rebuild({label: states[label] for label in self.nets if label not in self.diverged_at})
 
 
+class _Losses(nn.Module):
+    """Each net's mean cross-entropy on a batch of uint8 images: a training step's forward."""
+
+    def __init__(self, stack: NetStack) -> None:
+        super().__init__()
+        self.stack = stack
+
+    def forward(self, images: Tensor, labels: Tensor) -> Tensor:
+        logits = self.stack(to_inputs(images), "train")
+        size = logits.shape[0]
+        targets = labels.expand(size, -1).flatten()  # a view for a lone net, no copy
+        losses = F.cross_entropy(logits.flatten(0, 1), targets, reduction="none")
+        return losses.view(size, -1).mean(dim=1)
+
+
+def _traced_losses(stack: NetStack, train: Split, batch_size: int) -> torch.jit.ScriptModule:
+    """The forward as one TorchScript graph. Eager, each of its ~60 small ops takes and drops
+    the GIL, and lanes in threads then run one at a time; traced, a lane holds the GIL only to
+    call the graph, and the lanes really run side by side. Same ops, same results."""
+    buffers = [buffer.clone() for buffer in stack.buffers()]
+    example = (train.images[:batch_size], train.labels[:batch_size])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about sizes: batches have one size
+        traced = torch.jit.trace(_Losses(stack), example, check_trace=False)
+    with torch.no_grad():  # tracing ran one training forward: undo its BN statistics update
+        for buffer, before in zip(stack.buffers(), buffers, strict=True):
+            buffer.copy_(before)
+    return traced
+
+
 class Trainer:
     """Trains lanes of nets in lockstep, reporting a `Sample` at every sample point."""
 
@@ -174,20 +208,27 @@ class Trainer:
         should_cancel: Callable[[], bool] = lambda: False,
     ) -> TrainerEnd:
         """Train to `training_batches`, from wherever the trainer stands (0 or a resumed step)."""
-        if self.step == 0:
-            on_sample(self._sample())
         with _threads_per_lane(len(self.lanes)) as pool:
+            # All torch work, sampling included, runs in the lane threads: the calling thread's
+            # own intra-op threads would otherwise spin on the cores the lanes need.
+            if self.step == 0:
+                on_sample(self._sample(pool, self.step))
             while self.step < self.spec.training_batches:
                 if should_cancel():
                     return "cancelled"
                 end = min(self.step + self.spec.batches_per_sample, self.spec.training_batches)
-                list(pool.map(lambda lane: lane.train(self.step, end), self.lanes))
-                self.step = end
-                on_sample(self._sample())
+                on_sample(self._sample(pool, end))
         return "finished"
 
-    def _sample(self) -> Sample:
-        nets = {k: v for lane in self.lanes for k, v in lane.sample(self.validation).items()}
+    def _sample(self, pool: ThreadPoolExecutor, end: int) -> Sample:
+        """Train every lane up to `end`, then sample them all."""
+
+        def train_and_sample(lane: Lane) -> dict[str, NetSample]:
+            lane.train(self.step, end)
+            return lane.sample(self.validation)
+
+        nets = {k: v for samples in pool.map(train_and_sample, self.lanes) for k, v in samples.items()}
+        self.step = end
         return Sample(self.step, nets, self.diverged_at)
 
     def net_state(self, label: str) -> dict[str, Tensor]:
