@@ -85,8 +85,10 @@ def main() -> None:
     print(f"paired trainer:     {rate:8.0f} pair steps/s ({args.bn_impl} BN)")
     print(f"per-net throughput vs plain loop, without BN: {rate * base_plain / args.steps:.2f}x")
     print(f"per-net throughput vs plain loop, with BN:    {rate * base_bn / args.steps:.2f}x")
-    print(f"paired experiment / (plain + bn loops run one after the other): "
-          f"{pair / (base_plain + base_bn):.2f}x")
+    print(
+        f"paired experiment / (plain + bn loops run one after the other): "
+        f"{pair / (base_plain + base_bn):.2f}x"
+    )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory: {peak_mb:.0f} MB")
 

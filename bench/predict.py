@@ -43,7 +43,9 @@ def prepare(state: Path) -> tuple[dict[str, str], Path]:
     with make_sessionmaker(settings.database_url)() as session:
         experiment = queries.create_experiment(session, ExperimentSpec().model_dump(), "cpu", 1)
         experiment.status = "succeeded"
-        queries.add_checkpoint(session, queries.run_of(experiment, "bn"), 0, str(path), sha256, size)
+        queries.add_checkpoint(
+            session, queries.run_of(experiment, "bn"), 0, str(path), sha256, size
+        )
         session.commit()
         experiment_id = experiment.id
     env = {**os.environ, "BNLAB_STATE_DIR": str(state), "BNLAB_PORT": str(BNLAB_PORT)}
@@ -113,10 +115,14 @@ def main() -> None:
                 p50 = statistics.median(latencies) * 1000
                 p99 = latencies[int(len(latencies) * 0.99)] * 1000
                 summary[name] = (rate, p99)
-                print(f"{clients} client(s) {name:5}: {rate:6.0f} req/s  p50 {p50:5.1f} ms  "
-                      f"p99 {p99:5.1f} ms")
-            print(f"{clients} client(s) bnlab/bare: requests/s {summary['bnlab'][0] / summary['bare'][0]:.2f}x, "
-                  f"p99 {summary['bnlab'][1] / summary['bare'][1]:.2f}x")
+                print(
+                    f"{clients} client(s) {name:5}: {rate:6.0f} req/s  p50 {p50:5.1f} ms  "
+                    f"p99 {p99:5.1f} ms"
+                )
+            print(
+                f"{clients} client(s) bnlab/bare: requests/s {summary['bnlab'][0] / summary['bare'][0]:.2f}x, "
+                f"p99 {summary['bnlab'][1] / summary['bare'][1]:.2f}x"
+            )
     finally:
         for server in servers:
             server.terminate()

@@ -44,7 +44,7 @@ def start_service(env: dict[str, str], logs: Path) -> list[subprocess.Popen]:
         subprocess.Popen(
             [sys.executable, "-m", "bnlab.cli", *command],
             env=env,
-            stdout=open(logs / f"{command[0]}.log", "w"),  # noqa: SIM115
+            stdout=open(logs / f"{command[0]}.log", "w"),
             stderr=subprocess.STDOUT,
         )
         for command in (["api"], ["worker", "--queue", "cpu"])
@@ -110,7 +110,9 @@ def main() -> None:
         after = engine_seconds(spec, args.data_dir)
         delays = []
         for _ in range(5):  # the worker is idle again: time POST -> started
-            quick = ExperimentSpec(dataset="fashion-mnist", training_batches=10, batches_per_sample=10)
+            quick = ExperimentSpec(
+                dataset="fashion-mnist", training_batches=10, batches_per_sample=10
+            )
             done = run_experiment(client, quick)
             delays.append(seconds_between(done["created_at"], done["started_at"]))
     finally:
@@ -121,11 +123,15 @@ def main() -> None:
     engine = (before + after) / 2
     print(f"stack {args.stack}, {args.steps} pair steps, torch {torch.__version__}")
     print(f"engine in-process: {args.steps / before:.0f} and {args.steps / after:.0f} pair steps/s")
-    print(f"worker (start to finish, incl. loading data, SQL, checkpoints): "
-          f"{args.steps / worker_seconds:.0f} pair steps/s")
+    print(
+        f"worker (start to finish, incl. loading data, SQL, checkpoints): "
+        f"{args.steps / worker_seconds:.0f} pair steps/s"
+    )
     print(f"worker / engine throughput: {engine / worker_seconds:.2f}x")
-    print(f"POST -> training started on an idle worker: "
-          f"median {sorted(delays)[len(delays) // 2]:.3f} s, max {max(delays):.3f} s")
+    print(
+        f"POST -> training started on an idle worker: "
+        f"median {sorted(delays)[len(delays) // 2]:.3f} s, max {max(delays):.3f} s"
+    )
 
 
 if __name__ == "__main__":

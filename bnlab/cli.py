@@ -4,7 +4,8 @@ import os
 import signal
 import subprocess
 import sys
-from enum import Enum
+from enum import StrEnum
+from typing import Annotated
 
 import typer
 
@@ -13,7 +14,7 @@ from bnlab.settings import get_settings
 app = typer.Typer(help="bnlab: the batch-normalization study as a service.", no_args_is_help=True)
 
 
-class Queue(str, Enum):
+class Queue(StrEnum):
     cpu = "cpu"
     gpu = "gpu"
 
@@ -38,13 +39,17 @@ def api() -> None:
 
 @app.command()
 def worker(
-    queue: Queue = typer.Option(Queue.cpu, help="The queue this worker takes jobs from."),
-    concurrency: int = typer.Option(1, min=1, help="Jobs run at once (cpu queue only)."),
+    queue: Annotated[
+        Queue, typer.Option(help="The queue this worker takes jobs from.")
+    ] = Queue.cpu,
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once (cpu queue).")] = 1,
 ) -> None:
     """Run a Celery worker for one queue. GPU workers use the solo pool: no fork after CUDA."""
     from bnlab.worker.app import celery_app
 
-    pool = ["--pool", "solo"] if queue is Queue.gpu else ["--pool", "prefork", "-c", str(concurrency)]
+    pool = (
+        ["--pool", "solo"] if queue is Queue.gpu else ["--pool", "prefork", "-c", str(concurrency)]
+    )
     # A node name of its own, so several workers on one host are told apart.
     name = f"bnlab-{queue.value}-{os.getpid()}@%h"
     celery_app.worker_main(["worker", "-Q", queue.value, "-n", name, "--loglevel", "INFO", *pool])

@@ -102,4 +102,3 @@ def _read(path: Path, kind: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
             f"this bnlab reads version {FORMAT_VERSION}"
         )
     return tensors, meta
-

@@ -19,7 +19,9 @@ def resolve_device(name: str) -> torch.device:
     if device.type != "cuda":
         raise unknown
     if not torch.cuda.is_available():
-        raise DeviceUnavailable(f"{name!r} was asked for, but no CUDA GPU is visible on this machine")
+        raise DeviceUnavailable(
+            f"{name!r} was asked for, but no CUDA GPU is visible on this machine"
+        )
     index = device.index or 0
     if index >= torch.cuda.device_count():
         raise DeviceUnavailable(

@@ -15,6 +15,7 @@ of a stack run as the groups of one grouped convolution.
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal
 
 import torch
@@ -54,7 +55,7 @@ class Architecture:
             channels = out
         side = IMAGE_SIDE // 2 ** len(self.conv_channels)
         widths = [channels * side * side, *self.hidden_layers, 10]
-        shapes += [(n_out, n_in) for n_in, n_out in zip(widths, widths[1:], strict=False)]
+        shapes += [(n_out, n_in) for n_in, n_out in pairwise(widths)]
         return shapes
 
 
@@ -94,7 +95,9 @@ class NetStack(nn.Module):
             conv = i < len(arch.conv_channels)
             width = self.size * shape[0] if conv else shape[0]
             if variant == "plain":
-                self.biases.append(nn.Parameter(torch.zeros((width,) if conv else (self.size, 1, width))))
+                self.biases.append(
+                    nn.Parameter(torch.zeros((width,) if conv else (self.size, 1, width)))
+                )
             elif conv:
                 self.norms.append(BatchNorm((1, width, 1, 1), (0, 2, 3), bn_impl))
             else:
@@ -121,7 +124,9 @@ class NetStack(nn.Module):
             return F.linear(h[0], weight[0], None if bias is None else bias[0, 0]).unsqueeze(0)
         if h.dim() == 3:
             transposed = weight.transpose(1, 2)
-            return torch.matmul(h, transposed) if bias is None else torch.baddbmm(bias, h, transposed)
+            return (
+                torch.matmul(h, transposed) if bias is None else torch.baddbmm(bias, h, transposed)
+            )
         # Every net sees the same images: one (batch, in) x (in, nets * out) GEMM, where a
         # batched matmul would copy the images once per net.
         z = F.linear(h, weight.flatten(0, 1), None if bias is None else bias.flatten())

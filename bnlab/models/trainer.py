@@ -150,9 +150,13 @@ class Lane:
         }
 
     def restore(self, states: dict[str, dict[str, Tensor]], diverged_at: dict[str, int]) -> None:
-        self.diverged_at = {label: diverged_at[label] for label in self.nets if label in diverged_at}
+        self.diverged_at = {
+            label: diverged_at[label] for label in self.nets if label in diverged_at
+        }
         self.frozen = {label: states[label] for label in self.diverged_at}
-        self._rebuild({label: states[label] for label in self.nets if label not in self.diverged_at})
+        self._rebuild(
+            {label: states[label] for label in self.nets if label not in self.diverged_at}
+        )
 
 
 class _Losses(nn.Module):
@@ -227,7 +231,9 @@ class Trainer:
             lane.train(self.step, end)
             return lane.sample(self.validation)
 
-        nets = {k: v for samples in pool.map(train_and_sample, self.lanes) for k, v in samples.items()}
+        nets = {
+            k: v for samples in pool.map(train_and_sample, self.lanes) for k, v in samples.items()
+        }
         self.step = end
         return Sample(self.step, nets, self.diverged_at)
 

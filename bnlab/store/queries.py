@@ -65,18 +65,25 @@ def curve(session: Session, experiment_id: int) -> dict[str, list[CurvePoint]]:
 
 
 def add_curve_points(
-    session: Session, experiment: Experiment, step: int, points: dict[str, tuple[float, float | None]]
+    session: Session,
+    experiment: Experiment,
+    step: int,
+    points: dict[str, tuple[float, float | None]],
 ) -> None:
     """One point per variant in `points`: (validation accuracy, mean training loss)."""
     for variant, (val_accuracy, train_loss) in points.items():
         run = run_of(experiment, variant)
-        session.add(CurvePoint(run_id=run.id, step=step, val_accuracy=val_accuracy, train_loss=train_loss))
+        session.add(
+            CurvePoint(run_id=run.id, step=step, val_accuracy=val_accuracy, train_loss=train_loss)
+        )
 
 
 def drop_curve_after(session: Session, experiment: Experiment, step: int) -> None:
     """Forget points past `step`: a resumed job writes them again."""
     run_ids = [run.id for run in experiment.runs]
-    session.execute(delete(CurvePoint).where(CurvePoint.run_id.in_(run_ids), CurvePoint.step > step))
+    session.execute(
+        delete(CurvePoint).where(CurvePoint.run_id.in_(run_ids), CurvePoint.step > step)
+    )
 
 
 def cancel_experiment(session: Session, experiment_id: int) -> bool:
@@ -139,7 +146,9 @@ def remove_worker(session: Session, hostname: str) -> None:
 def live_workers(session: Session, max_age: timedelta) -> dict[str, int]:
     """Workers that heart-beat within `max_age`, counted per queue."""
     since = utc_now() - max_age
-    query = select(Worker.queue, func.count()).where(Worker.last_seen >= since).group_by(Worker.queue)
+    query = (
+        select(Worker.queue, func.count()).where(Worker.last_seen >= since).group_by(Worker.queue)
+    )
     counts = {"cpu": 0, "gpu": 0}
     counts.update({queue: count for queue, count in session.execute(query)})
     return counts

@@ -98,6 +98,9 @@ class Experiment(Base):
     lease_token: Mapped[int] = mapped_column(default=0)
     heartbeat_at: Mapped[datetime | None]
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    sweep_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="CASCADE"), index=True
+    )
 
     runs: Mapped[list["Run"]] = relationship(
         back_populates="experiment",
@@ -181,3 +184,39 @@ class Worker(Base):
     queue: Mapped[str] = mapped_column(String(8))
     started_at: Mapped[datetime]
     last_seen: Mapped[datetime]
+
+
+class Sweep(Base):
+    """A grid of experiments (its cells), asked for in one request."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    spec: Mapped[dict[str, Any]]  # the grid (or preset) as posted
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+
+    experiments: Mapped[list[Experiment]] = relationship(
+        passive_deletes=True, order_by="Experiment.id"
+    )
+
+
+class LayerStat(Base):
+    """Inside a net at a sample point, per hidden layer: percentiles of the input to the
+    nonlinearity over a fixed probe batch, the fraction of dead (or saturated) units, and the
+    gradient norm of the layer's weight."""
+
+    __tablename__ = "layer_stats"
+    __table_args__ = (UniqueConstraint("run_id", "step", "layer"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int]
+    layer: Mapped[int]
+    p15: Mapped[float] = mapped_column(Float)
+    p50: Mapped[float] = mapped_column(Float)
+    p85: Mapped[float] = mapped_column(Float)
+    dead_fraction: Mapped[float] = mapped_column(Float)
+    grad_norm: Mapped[float | None] = mapped_column(Float)  # None at step 0

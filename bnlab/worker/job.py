@@ -176,4 +176,3 @@ class _Progress:
         rate = (step - self.step) / (now - self.time)
         self.step, self.time = step, now
         return rate, (total - step) / rate
-

@@ -9,7 +9,15 @@ from sqlalchemy import CheckConstraint, create_engine, inspect
 from bnlab.store.migrate import downgrade, upgrade
 from bnlab.store.tables import Base
 
-BNLAB_TABLES = {"experiments", "runs", "curve_points", "checkpoints", "workers"}
+BNLAB_TABLES = {
+    "experiments",
+    "runs",
+    "curve_points",
+    "checkpoints",
+    "workers",
+    "sweeps",
+    "layer_stats",
+}
 
 
 def schema_diff(url: str) -> list[Any]:
@@ -42,7 +50,7 @@ def test_upgrade_creates_exactly_the_orm_schema(database_url: str) -> None:
 
     tables, revision, checks = reflect(database_url)
     assert tables == BNLAB_TABLES | {"alembic_version"}
-    assert revision == "0001"
+    assert revision == "0002"
     assert schema_diff(database_url) == []
     # autogenerate ignores check constraints: compare their names by hand.
     expected_checks = {
@@ -66,7 +74,7 @@ def test_downgrade_to_base_removes_everything_and_upgrade_again_works(database_u
     upgrade(database_url)
     tables, revision, _ = reflect(database_url)
     assert tables == BNLAB_TABLES | {"alembic_version"}
-    assert revision == "0001"
+    assert revision == "0002"
     assert schema_diff(database_url) == []
 
 
