@@ -15,6 +15,7 @@ The data dir must hold FashionMNIST/raw (Debian: apt install dataset-fashion-mni
 import argparse
 import resource
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ def plain_loop(splits: Splits, with_bn: bool, spec: TrainingSpec) -> float:
     torch.manual_seed(spec.seed)
     layers: list[nn.Module] = []
     widths = [784, 100, 100, 100]
-    for n_in, n_out in zip(widths, widths[1:], strict=False):
+    for n_in, n_out in pairwise(widths):
         layers.append(nn.Linear(n_in, n_out, bias=not with_bn))
         if with_bn:
             layers.append(nn.BatchNorm1d(n_out, eps=1e-3, momentum=0.01))

@@ -119,10 +119,9 @@ def main() -> None:
                     f"{clients} client(s) {name:5}: {rate:6.0f} req/s  p50 {p50:5.1f} ms  "
                     f"p99 {p99:5.1f} ms"
                 )
-            print(
-                f"{clients} client(s) bnlab/bare: requests/s {summary['bnlab'][0] / summary['bare'][0]:.2f}x, "
-                f"p99 {summary['bnlab'][1] / summary['bare'][1]:.2f}x"
-            )
+            rate_ratio = summary["bnlab"][0] / summary["bare"][0]
+            p99_ratio = summary["bnlab"][1] / summary["bare"][1]
+            print(f"{clients} client(s) bnlab/bare: req/s {rate_ratio:.2f}x, p99 {p99_ratio:.2f}x")
     finally:
         for server in servers:
             server.terminate()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +26,16 @@ class Service:
     processes: dict[str, subprocess.Popen]
     logs: Path
 
-    def start_worker(self, queue: str = "cpu") -> subprocess.Popen:
-        process = _spawn(["worker", "--queue", queue], self.env, self.logs / f"worker-{queue}.log")
-        self.processes[f"worker-{queue}"] = process
+    def start_worker(self, queue: str = "cpu", name: str | None = None) -> subprocess.Popen:
+        """A `bnlab worker` process; `name` (default `worker-<queue>`) names it in `processes`
+        and its log file, so that several workers can run side by side."""
+        name = name or f"worker-{queue}"
+        process = _spawn(["worker", "--queue", queue], self.env, self.logs / f"{name}.log")
+        self.processes[name] = process
         return process
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text()
 
     def wait_for(
         self, experiment_id: int, done: Callable[[dict], bool], timeout: float = 120
@@ -57,7 +64,10 @@ def _free_port() -> int:
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "bnlab.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "bnlab.cli", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -67,46 +77,64 @@ def service(
 ) -> Iterator[Service]:
     """One service per stack and test module; its tests' experiments don't share anything."""
     tmp_path = tmp_path_factory.mktemp(f"service-{request.param}")
-    port = _free_port()
+    env = service_env(tmp_path, idx_data_dir)
+    if request.param == "redis-postgres":
+        env["BNLAB_DATABASE_URL"] = request.getfixturevalue("module_postgres_url")
+        env["BNLAB_BROKER_URL"] = request.getfixturevalue("module_redis_url")
+    with running_service(tmp_path, env) as service:
+        yield service
+
+
+def service_env(tmp_path: Path, idx_data_dir: Path, **settings: str) -> dict[str, str]:
+    """The environment of the embedded stack in `tmp_path` on a free port; `settings` adds
+    or overrides BNLAB_* variables (`database_url="..."` sets BNLAB_DATABASE_URL)."""
     env = {
         **os.environ,
         "BNLAB_STATE_DIR": str(tmp_path / "state"),
         "BNLAB_DATA_DIR": str(idx_data_dir),
         "BNLAB_DOWNLOAD": "false",
-        "BNLAB_PORT": str(port),
+        "BNLAB_PORT": str(_free_port()),
         "BNLAB_WORKER_HEARTBEAT_SECONDS": "0.5",
     }
-    if request.param == "redis-postgres":
-        env["BNLAB_DATABASE_URL"] = request.getfixturevalue("module_postgres_url")
-        env["BNLAB_BROKER_URL"] = request.getfixturevalue("module_redis_url")
+    env.update({f"BNLAB_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+@contextmanager
+def running_service(tmp_path: Path, env: dict[str, str], workers: int = 1) -> Iterator[Service]:
+    """`bnlab migrate`, then `bnlab api` and `workers` cpu workers (`worker-1`, ...) as real
+    processes; every process still running at the end is stopped."""
     logs = tmp_path / "logs"
     logs.mkdir()
     subprocess.run(
         [sys.executable, "-m", "bnlab.cli", "migrate"], env=env, check=True, capture_output=True
     )
-    service = Service(httpx.Client(base_url=f"http://127.0.0.1:{port}"), env, {}, logs)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{env['BNLAB_PORT']}")
+    service = Service(client, env, {}, logs)
     service.processes["api"] = _spawn(["api"], env, logs / "api.log")
-    service.start_worker("cpu")
+    for number in range(1, workers + 1):
+        service.start_worker("cpu", name=f"worker-{number}" if workers > 1 else None)
     try:
-        _wait_until_ready(service)
+        _wait_until_ready(service, workers)
         yield service
     finally:
         for process in service.processes.values():
-            process.terminate()
+            if process.poll() is None:
+                process.terminate()
         for process in service.processes.values():
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
-        service.client.close()
+        client.close()
 
 
-def _wait_until_ready(service: Service, timeout: float = 60) -> None:
+def _wait_until_ready(service: Service, workers: int = 1, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             health = service.client.get("/health")
-            if health.status_code == 200 and health.json()["workers"]["cpu"] >= 1:
+            if health.status_code == 200 and health.json()["workers"]["cpu"] >= workers:
                 return
         except httpx.TransportError:
             pass

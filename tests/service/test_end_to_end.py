@@ -100,7 +100,8 @@ def test_missing_dataset_fails_the_job_with_a_reason(service: Service) -> None:
     experiment_id = service.client.post("/experiments", json=spec).json()["id"]
     experiment = service.wait_for(experiment_id, finished)
     assert experiment["status"] == "failed"
-    assert "FashionMNIST" in experiment["error"] and "train-images-idx3-ubyte" in experiment["error"]
+    assert "FashionMNIST" in experiment["error"]
+    assert "train-images-idx3-ubyte" in experiment["error"]
     assert "Traceback" not in experiment["error"]
 
 
@@ -112,4 +113,3 @@ def test_divergence_does_not_fail_the_job(service: Service) -> None:
     plain = experiment["results"]["plain"]
     assert plain["diverged_at_step"] is not None and plain["test_accuracy"] is None
     assert experiment["results"]["bn"]["test_accuracy"] is not None
-
