@@ -62,15 +62,19 @@ def wait_ready(client: httpx.Client) -> None:
     raise SystemExit("the service did not come up")
 
 
-def run_experiment(client: httpx.Client, spec: ExperimentSpec) -> dict:
+def run_experiment(client: httpx.Client, spec: ExperimentSpec) -> tuple[dict, list[float]]:
+    """The finished experiment, and the training rates its worker reported along the way."""
     experiment_id = client.post("/experiments", json=spec.model_dump()).json()["id"]
+    rates: set[float] = set()
     while (experiment := client.get(f"/experiments/{experiment_id}").json())["status"] in (
         "queued",
         "running",
     ):
+        if experiment["progress"]["steps_per_second"]:
+            rates.add(experiment["progress"]["steps_per_second"])
         time.sleep(0.05)
     assert experiment["status"] == "succeeded", experiment["error"]
-    return experiment
+    return experiment, sorted(rates)
 
 
 def seconds_between(start: str, end: str) -> float:
@@ -106,14 +110,14 @@ def main() -> None:
     try:
         wait_ready(client)
         before = engine_seconds(spec, args.data_dir)
-        experiment = run_experiment(client, spec)
+        experiment, rates = run_experiment(client, spec)
         after = engine_seconds(spec, args.data_dir)
         delays = []
         for _ in range(5):  # the worker is idle again: time POST -> started
             quick = ExperimentSpec(
                 dataset="fashion-mnist", training_batches=10, batches_per_sample=10
             )
-            done = run_experiment(client, quick)
+            done, _ = run_experiment(client, quick)
             delays.append(seconds_between(done["created_at"], done["started_at"]))
     finally:
         for process in processes:
@@ -128,6 +132,11 @@ def main() -> None:
         f"{args.steps / worker_seconds:.0f} pair steps/s"
     )
     print(f"worker / engine throughput: {engine / worker_seconds:.2f}x")
+    reported = rates[len(rates) // 2]  # between sample points: training alone
+    print(
+        f"worker's reported rate between sample points: median {reported:.0f} pair steps/s, "
+        f"{reported * engine / args.steps:.2f}x the engine"
+    )
     print(
         f"POST -> training started on an idle worker: "
         f"median {sorted(delays)[len(delays) // 2]:.3f} s, max {max(delays):.3f} s"

@@ -1,0 +1,170 @@
+"""The classic study's grid, batched as a sweep job trains it, against the loop a user would write.
+
+The classic preset's 50,000-batch cells are 12 comparisons x 2 nets. A sweep job trains the
+cells that share an activation as one stacked model (a `plain` lane and a `bn` lane of 6 nets
+each, bnlab/models/stacked.py); the baseline is bench/engine.py's `plain_loop`, one net at a time.
+Both run `--steps` steps per net (the study's 50,000 take long; the ratio is what counts), sampling
+validation accuracy every `steps / 100` steps, as the study's 500 in 50,000.
+
+Scaling: the baseline trains one plain and one bn net and is multiplied by 12 (every cell is one
+of each); plain_loop's nets are ReLU, a little cheaper than sigmoid ones, so the baseline is, if
+anything, flattered. The batched side really trains all 24 nets, one group after the other, as one
+worker does.
+
+    python bench/sweep.py --data-dir /tmp/fdata --steps 2000
+    python bench/sweep.py --synthetic --device cuda --scaling     # nets at once on a GPU
+
+`--scaling` trains stacks of 1, 2, 4, ... nets per lane and reports the step rate, which is each
+net's throughput, and where it falls to half of a lone net's.
+"""
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+import torch
+from engine import plain_loop  # bench/engine.py: this script runs from bench/
+
+from bnlab.models.data import Split, Splits, load_splits
+from bnlab.models.network import Architecture
+from bnlab.models.stacked import Cell, stacked_trainer
+from bnlab.models.trainer import TrainingSpec
+from bnlab.spec import ExperimentSpec
+from bnlab.sweeps import SweepRequest, expand, groups
+
+
+def classic_long_cells() -> list[ExperimentSpec]:
+    specs = expand(SweepRequest(preset="classic"), max_cells=256)
+    return [spec for spec in specs if spec.training_batches == 50_000]
+
+
+def batched_seconds(
+    splits: Splits, steps: int, sample_every: int, device: torch.device, bn_impl: str
+) -> tuple[float, list[int]]:
+    """Seconds to train the classic grid's 50,000-batch cells for `steps` steps, group after
+    group as the sweep job does; and the group sizes."""
+    cells = classic_long_cells()
+    total, sizes = 0.0, []
+    for group in groups(cells, stack=True, max_cells=16):
+        specs = [cells[i] for i in group]
+        stacked = [
+            Cell(str(i), _shortened(spec, steps, sample_every).training())
+            for i, spec in zip(group, specs, strict=True)
+        ]
+        trainer = stacked_trainer(specs[0].architecture(), stacked, splits, device, bn_impl)  # type: ignore[arg-type]
+        start = time.perf_counter()
+        trainer.run(lambda sample: None)
+        _sync(device)
+        total += time.perf_counter() - start
+        sizes.append(len(group))
+    return total, sizes
+
+
+def _shortened(spec: ExperimentSpec, steps: int, sample_every: int) -> ExperimentSpec:
+    return spec.model_copy(update={"training_batches": steps, "batches_per_sample": sample_every})
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def compare(args: argparse.Namespace, splits: Splits) -> None:
+    steps, every = args.steps, max(1, args.steps // 100)
+    spec = TrainingSpec(training_batches=steps, batches_per_sample=every)
+    plain_loop(splits, False, TrainingSpec(training_batches=200, batches_per_sample=200))  # warm
+    baseline_pair = plain_loop(splits, False, spec) + plain_loop(splits, True, spec)
+    cells = len(classic_long_cells())
+    baseline = cells * baseline_pair
+    batched, sizes = batched_seconds(splits, steps, every, torch.device("cpu"), args.bn_impl)
+    net_steps = 2 * cells * steps
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.bn_impl} BN")
+    print(
+        f"{cells} cells x 2 nets x {steps} steps = {net_steps:,} network-steps, sampled every {every}"
+    )
+    print(
+        f"plain loop, one plain + one bn net: {baseline_pair:.1f} s; x {cells} cells = {baseline:.1f} s"
+    )
+    print(f"batched, groups of {sizes} cells:    {batched:.1f} s")
+    print(f"batched / plain loop: {batched / baseline:.3f}x  (target <= 0.3x)")
+    print(
+        f"network-steps per second: plain loop {net_steps / baseline:,.0f}, batched {net_steps / batched:,.0f}"
+    )
+    scale = 50_000 / steps
+    print(
+        f"the classic grid's 50,000-batch cells (1.2 million network-steps) at this pace: "
+        f"{batched * scale / 60:.0f} min batched, {baseline * scale / 60:.0f} min with the plain loop"
+    )
+    print(
+        f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+    )
+
+
+def scaling(args: argparse.Namespace, splits: Splits) -> None:
+    """Step rate of stacks of G nets per lane (two lanes: plain and bn), G = 1, 2, 4, ..."""
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        print(torch.cuda.get_device_name(device))
+    arch = Architecture(activation="relu")
+    steps = args.steps
+    lone_rate, size = None, 1
+    while size <= args.max_nets:
+        cells = [
+            Cell(
+                str(i),
+                TrainingSpec(learning_rate=0.01, training_batches=steps, batches_per_sample=steps),
+            )
+            for i in range(size)
+        ]
+        trainer = stacked_trainer(arch, cells, splits, device, args.bn_impl)
+        trainer.run(lambda sample: None)  # warm-up: trace, allocate, cuBLAS handles
+        trainer = stacked_trainer(arch, cells, splits, device, args.bn_impl)
+        _sync(device)
+        start = time.perf_counter()
+        trainer.run(lambda sample: None)
+        _sync(device)
+        rate = steps / (time.perf_counter() - start)
+        lone_rate = lone_rate or rate
+        half = " <- per-net throughput halved" if rate < lone_rate / 2 else ""
+        print(
+            f"{size:5d} nets per lane ({2 * size} nets): {rate:8.0f} steps/s per net, "
+            f"{2 * size * rate:10.0f} network-steps/s{half}"
+        )
+        size *= 2
+
+
+def synthetic_splits(device: torch.device) -> Splits:
+    """MNIST-shaped random data: throughput does not depend on what the pixels show."""
+    generator = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> Split:
+        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=generator)
+        return Split(images, torch.randint(0, 10, (n,), generator=generator))
+
+    return Splits(split(55_000), split(5_000), split(10_000))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/fdata"))
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--synthetic", action="store_true", help="random MNIST-shaped data")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--bn-impl", default="torch", choices=["bnlab", "torch"])
+    parser.add_argument("--scaling", action="store_true", help="nets at once, not the grid")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-nets", type=int, default=4096)
+    args = parser.parse_args()
+    if args.synthetic:
+        splits = synthetic_splits(torch.device("cpu"))
+    else:
+        splits = load_splits(args.dataset, args.data_dir, download=False)
+    if args.scaling:
+        scaling(args, splits)
+    else:
+        compare(args, splits)
+
+
+if __name__ == "__main__":
+    main()
