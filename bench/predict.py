@@ -5,7 +5,10 @@ process each; the load generator (this script, asyncio + httpx) sends single ima
 1 and with 8 concurrent clients, alternating between the two apps, and prints requests/s and
 latency percentiles and bnlab's ratios against the bare app.
 
-    python bench/predict.py [--seconds 10]
+    python bench/predict.py [--seconds 10] [--token]
+
+With --token, bnlab runs with BNLAB_API_TOKEN set and every request (to both apps) carries it:
+the cost of the token check on the hot path.
 """
 
 import argparse
@@ -30,6 +33,7 @@ from bnlab.store.db import make_sessionmaker
 from bnlab.store.migrate import upgrade
 
 BNLAB_PORT, BARE_PORT = 8793, 8794
+TOKEN = "bench-token-0123456789abcdef"
 
 
 def prepare(state: Path) -> tuple[dict[str, str], Path]:
@@ -53,11 +57,13 @@ def prepare(state: Path) -> tuple[dict[str, str], Path]:
     return env, Path(f"/predict?experiment_id={experiment_id}&variant=bn&mode=population")
 
 
-async def load(url: str, clients: int, seconds: float, pixels: list[float]) -> list[float]:
+async def load(
+    url: str, clients: int, seconds: float, pixels: list[float], headers: dict[str, str]
+) -> list[float]:
     """Latencies (s) of every request that `clients` concurrent clients sent in `seconds`."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30, headers=headers) as client:
 
         async def one_client() -> None:
             while time.perf_counter() < deadline:
@@ -83,8 +89,13 @@ def wait_up(url: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--token", action="store_true", help="run bnlab with BNLAB_API_TOKEN")
     args = parser.parse_args()
     env, path = prepare(Path(tempfile.mkdtemp(prefix="bnlab-predict-")))
+    headers = {}
+    if args.token:
+        env["BNLAB_API_TOKEN"] = TOKEN
+        headers["Authorization"] = f"Bearer {TOKEN}"
     servers = [
         subprocess.Popen([sys.executable, "-m", "bnlab.cli", "api"], env=env),
         subprocess.Popen(
@@ -101,13 +112,15 @@ def main() -> None:
     try:
         for name in urls:
             wait_up(urls[name].split("/predict")[0] + "/docs")
-            asyncio.run(load(urls[name], 2, 1.0, pixels))  # warm-up: checkpoint cached
-        print(f"torch {torch.__version__}; {args.seconds:.0f} s per run, runs alternate")
+            asyncio.run(load(urls[name], 2, 1.0, pixels, headers))  # warm-up: checkpoint cached
+        token = ", bnlab with an API token" if args.token else ""
+        print(f"torch {torch.__version__}; {args.seconds:.0f} s per run, runs alternate{token}")
         for clients in (1, 8):
             results: dict[str, list[float]] = {"bnlab": [], "bare": []}
             for _ in range(2):
                 for name, url in urls.items():
-                    results[name] += asyncio.run(load(url, clients, args.seconds / 2, pixels))
+                    run = load(url, clients, args.seconds / 2, pixels, headers)
+                    results[name] += asyncio.run(run)
             summary = {}
             for name, latencies in results.items():
                 latencies.sort()

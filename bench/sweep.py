@@ -79,26 +79,23 @@ def compare(args: argparse.Namespace, splits: Splits) -> None:
     baseline = cells * baseline_pair
     batched, sizes = batched_seconds(splits, steps, every, torch.device("cpu"), args.bn_impl)
     net_steps = 2 * cells * steps
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.bn_impl} BN")
-    print(
-        f"{cells} cells x 2 nets x {steps} steps = {net_steps:,} network-steps, sampled every {every}"
-    )
-    print(
-        f"plain loop, one plain + one bn net: {baseline_pair:.1f} s; x {cells} cells = {baseline:.1f} s"
-    )
-    print(f"batched, groups of {sizes} cells:    {batched:.1f} s")
-    print(f"batched / plain loop: {batched / baseline:.3f}x  (target <= 0.3x)")
-    print(
-        f"network-steps per second: plain loop {net_steps / baseline:,.0f}, batched {net_steps / batched:,.0f}"
-    )
     scale = 50_000 / steps
-    print(
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lines = [
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.bn_impl} BN",
+        f"{cells} cells x 2 nets x {steps} steps = {net_steps:,} network-steps, "
+        f"sampled every {every}",
+        f"plain loop, one plain + one bn net: {baseline_pair:.1f} s; "
+        f"x {cells} cells = {baseline:.1f} s",
+        f"batched, groups of {sizes} cells: {batched:.1f} s",
+        f"batched / plain loop: {batched / baseline:.3f}x  (target <= 0.3x)",
+        f"network-steps per second: plain loop {net_steps / baseline:,.0f}, "
+        f"batched {net_steps / batched:,.0f}",
         f"the classic grid's 50,000-batch cells (1.2 million network-steps) at this pace: "
-        f"{batched * scale / 60:.0f} min batched, {baseline * scale / 60:.0f} min with the plain loop"
-    )
-    print(
-        f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
-    )
+        f"{batched * scale / 60:.0f} min batched, {baseline * scale / 60:.0f} min plain loop",
+        f"peak resident memory: {peak_mb:.0f} MB",
+    ]
+    print("\n".join(lines))
 
 
 def scaling(args: argparse.Namespace, splits: Splits) -> None:

@@ -1,5 +1,7 @@
 """The `bnlab` command: the embedded service in one process tree, or its parts one at a time."""
 
+import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -9,9 +11,18 @@ from typing import Annotated
 
 import typer
 
+from bnlab import logs
+from bnlab.commands import experiments, predictions, sweeps
 from bnlab.settings import get_settings
 
 app = typer.Typer(help="bnlab: the batch-normalization study as a service.", no_args_is_help=True)
+# Commands that talk to a running API over HTTP (--url / BNLAB_URL).
+app.add_typer(experiments.app, name="experiment")
+app.add_typer(sweeps.app, name="sweep")
+app.command()(predictions.predict)
+app.command()(predictions.collapse)
+
+GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
 class Queue(StrEnum):
@@ -33,8 +44,22 @@ def api() -> None:
     """Serve the HTTP API (uvicorn) on BNLAB_HOST:BNLAB_PORT."""
     import uvicorn
 
+    from bnlab.api.auth import access_notice
+
     settings = get_settings()
-    uvicorn.run("bnlab.api.main:create_app", factory=True, host=settings.host, port=settings.port)
+    logs.configure(settings.log_format)
+    logging.getLogger("bnlab.api").log(*access_notice(settings))
+    uvicorn.run(
+        "bnlab.api.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        # JSON: uvicorn's own lines go through bnlab's handler too, instead of its text config.
+        **({"log_config": None} if settings.log_format == "json" else {}),
+        # An event stream lasts as long as its experiment: on shutdown, cut it after a grace
+        # period (its client reconnects with Last-Event-ID) rather than wait for the end.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
 
 
 @app.command()
@@ -45,6 +70,8 @@ def worker(
     concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once (cpu queue).")] = 1,
 ) -> None:
     """Run a Celery worker for one queue. GPU workers use the solo pool: no fork after CUDA."""
+    # Now, not only when Celery sets up logging: its start-up warnings are log lines too.
+    logs.configure(get_settings().log_format)
     from bnlab.worker.app import celery_app
 
     pool = (
@@ -52,7 +79,11 @@ def worker(
     )
     # A node name of its own, so several workers on one host are told apart.
     name = f"bnlab-{queue.value}-{os.getpid()}@%h"
-    celery_app.worker_main(["worker", "-Q", queue.value, "-n", name, "--loglevel", "INFO", *pool])
+    # JSON logs: no startup banner either (`celery --quiet`), so every line is a JSON object.
+    quiet = ["--quiet"] if get_settings().log_format == "json" else []
+    celery_app.worker_main(
+        [*quiet, "worker", "-Q", queue.value, "-n", name, "--loglevel", "INFO", *pool]
+    )
 
 
 @app.command()
@@ -61,8 +92,12 @@ def up() -> None:
     settings = get_settings()
     migrate()
     typer.echo(f"bnlab on http://{settings.host}:{settings.port} (bound to {settings.host} only)")
+    # A process group of its own: the worker and its pool processes stop together, and only
+    # when `up` says so (a Ctrl-C reaches `up` alone, which then stops the worker warmly).
     worker_process = subprocess.Popen(
-        [sys.executable, "-m", "bnlab.cli", "worker", "--queue", "cpu"], env=os.environ.copy()
+        [sys.executable, "-m", "bnlab.cli", "worker", "--queue", "cpu"],
+        env=os.environ.copy(),
+        start_new_session=True,
     )
     # SIGTERM on `bnlab up` must stop the worker too, like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
@@ -71,11 +106,20 @@ def up() -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        worker_process.terminate()
-        try:
-            worker_process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker_process.kill()
+        _stop_worker(worker_process)
+
+
+def _stop_worker(process: subprocess.Popen, grace_seconds: float = 30) -> None:
+    """SIGTERM: the worker's running job saves its state and hands its experiment back at its
+    next sample point, then the worker exits. Past the grace period, kill its whole group; the
+    experiment is then queued again by the next worker's reaper."""
+    process.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_seconds)
+    # Whatever is left of the group (a pool process that outlived its parent).
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 if __name__ == "__main__":

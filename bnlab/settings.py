@@ -4,16 +4,23 @@ The defaults are the embedded setup (`bnlab up`): everything lives under `state_
 file for the database and a folder for the broker, so nothing needs a server.
 """
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# RFC 6750's token characters: it travels in an HTTP header, as `Authorization: Bearer <token>`.
+TOKEN_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BNLAB_", extra="ignore")
+    # A rejected value is not echoed in the error: it may be the API token or a password.
+    model_config = SettingsConfigDict(
+        env_prefix="BNLAB_", extra="ignore", hide_input_in_errors=True
+    )
 
     state_dir: Path = Path(".bnlab")
     database_url: str = ""  # default: SQLite file in state_dir
@@ -29,7 +36,40 @@ class Settings(BaseSettings):
     bn_impl: Literal["bnlab", "torch"] = "torch"
     predict_cache_size: int = 16
     max_upload_bytes: int = 2_000_000
+    # The largest body on every route but /predict: a spec or a sweep's grid is a few KB.
+    max_body_bytes: int = 1_000_000
+    # When set, every route but /health, the docs and the dashboard's files needs
+    # `Authorization: Bearer <api_token>` (bnlab/api/auth.py). Unset, the API is open to whoever
+    # reaches it: the embedded default binds 127.0.0.1 only.
+    api_token: SecretStr | None = None
     worker_heartbeat_seconds: float = 2.0
+    # Sweeps (bnlab/sweeps.py): the most cells one sweep may have, and the most cells trained as
+    # one batched model by one worker (a bigger group is split, so more workers share it).
+    max_sweep_cells: int = Field(256, ge=1)
+    max_stacked_cells: int = Field(16, ge=1)
+    # Recovery (bnlab/store/leases.py, bnlab/worker/reaper.py). A running experiment whose job
+    # has not heart-beaten for `lease_timeout_seconds` (default 3 heartbeats + 5 s) is queued
+    # again; a queued one that an idle worker has not seen for `requeue_after_seconds` gets a
+    # new message (the old one was lost).
+    lease_timeout_seconds: float | None = Field(None, gt=0)
+    requeue_after_seconds: float = Field(30.0, gt=0)
+    # How long a worker retries a write while the database is unreachable.
+    database_retry_seconds: float = Field(60.0, ge=0)
+    # Redis: a job not acknowledged after this long is delivered again (the lease keeps the
+    # copy from running twice).
+    broker_visibility_timeout: float = Field(3600.0, gt=0)
+    # `json`: one JSON object per line (time, level, logger, message, experiment_id), API and worker
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_fits_a_header(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and not TOKEN_CHARACTERS.fullmatch(token.get_secret_value()):
+            raise ValueError(
+                "BNLAB_API_TOKEN must be letters, digits and -._~+/ (e.g. `openssl rand -hex 32`); "
+                "to run without a token, unset it"
+            )
+        return token
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> "Settings":
@@ -40,6 +80,14 @@ class Settings(BaseSettings):
         if self.checkpoint_dir == Path():
             self.checkpoint_dir = self.state_dir / "checkpoints"
         return self
+
+    @property
+    def lease_timeout(self) -> float:
+        """Seconds without a heartbeat after which a running job's worker is taken for dead;
+        the same 3 heartbeats + 5 s after which /health stops counting a worker."""
+        if self.lease_timeout_seconds is not None:
+            return self.lease_timeout_seconds
+        return 3 * self.worker_heartbeat_seconds + 5.0
 
     @property
     def broker_dir(self) -> Path:

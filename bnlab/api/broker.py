@@ -11,7 +11,7 @@ from celery import Celery
 
 from bnlab.api.redact import reason
 from bnlab.settings import Settings
-from bnlab.worker.app import RUN_EXPERIMENT, make_celery
+from bnlab.worker.app import RUN_EXPERIMENT, RUN_SWEEP_GROUP, make_celery
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -25,6 +25,11 @@ class Broker:
         """The message `bnlab.worker.app.enqueue_experiment` sends: only the id; the worker reads
         the spec from SQL. Raises when the broker cannot take it."""
         self._celery.send_task(RUN_EXPERIMENT, args=[experiment_id], queue=queue)
+
+    def enqueue_group(self, experiment_ids: list[int], queue: str) -> None:
+        """The message `bnlab.worker.app.enqueue_sweep_group` sends: cells of a sweep that
+        train as one batched model."""
+        self._celery.send_task(RUN_SWEEP_GROUP, args=[experiment_ids], queue=queue)
 
     def check(self) -> str:
         """ "ok", or what is wrong, quickly: a health probe must not hang on a dead broker."""

@@ -1,8 +1,9 @@
 """Error responses that cannot themselves fail, and that say what to do.
 
 FastAPI's default 422 echoes each rejected input back; a learning rate of 1e999 or NaN is a
-float JSON cannot encode, and the default handler would turn that bad input into a 500. A
-database that is down or not migrated is a 503 pointing at /health, not a bare 500.
+float JSON cannot encode, and a list nested 500 deep overflows the recursion of any encoder: the
+default handler would turn such bad input into a 500. So the echo is made finite and cut short.
+A database that is down or not migrated is a 503 pointing at /health, not a bare 500.
 """
 
 import math
@@ -26,7 +27,7 @@ def install(app: FastAPI) -> None:
 
 async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
     # The default handler's shape ({"detail": [{"loc", "msg", "type", "input", ...}]}), made safe.
-    detail = jsonable_encoder(_finite(error.errors()))
+    detail = jsonable_encoder([_echo_safely(e) for e in error.errors()])
     return JSONResponse(status_code=422, content={"detail": detail})
 
 
@@ -37,14 +38,28 @@ async def _database_unavailable(request: Request, error: OperationalError) -> JS
     return JSONResponse(status_code=503, content={"detail": detail})
 
 
-def _finite(value: Any) -> Any:
-    """`value` with every non-finite float written as text ("inf", "nan")."""
+# How much of a rejected input a 422 echoes: enough to recognise it, never the whole body.
+ECHO_DEPTH, ECHO_ITEMS, ECHO_CHARS = 4, 20, 200
+
+
+def _echo_safely(error: dict[str, Any]) -> dict[str, Any]:
+    return {key: _finite(value, ECHO_DEPTH) for key, value in error.items()}
+
+
+def _finite(value: Any, depth: int) -> Any:
+    """`value` with every non-finite float written as text ("inf", "nan"), cut to `depth`
+    levels, `ECHO_ITEMS` items per level and `ECHO_CHARS` characters per string."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str) and len(value) > ECHO_CHARS:
+        return value[:ECHO_CHARS] + "..."
+    if isinstance(value, dict | list | tuple) and depth == 0:
+        return "..."
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        items = list(value.items())[:ECHO_ITEMS]
+        return {str(key): _finite(item, depth - 1) for key, item in items}
     if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
+        return [_finite(item, depth - 1) for item in value[:ECHO_ITEMS]]
     return value
 
 

@@ -7,6 +7,7 @@ what the study's preprocessing amounts to for a roughly square, centred digit.
 
 import io
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
@@ -37,6 +38,14 @@ def decode_digit(data: bytes) -> Tensor:
             # (Checked here, not via Image.MAX_IMAGE_PIXELS: that is process-wide state.)
             if image.width * image.height > MAX_PIXELS:
                 raise _bomb(image.width, image.height)
+            if getattr(image, "is_animated", False) and image.format == "PNG":
+                # Which frame is the digit is anyone's guess. (A camera's multi-picture JPEG
+                # is fine: its first image is the photo.)
+                raise ImageRejected(
+                    422,
+                    f"the PNG is animated ({image.n_frames} frames): send one still image of "
+                    "the digit",
+                )
             if image.format == "JPEG":
                 # Let libjpeg decode at a fraction of the size: a photo becomes 28x28 anyway.
                 image.draft("L", (SIDE * 4, SIDE * 4))
@@ -47,7 +56,9 @@ def decode_digit(data: bytes) -> Tensor:
             413, f"the image has too many pixels to decode safely: {error}"
         ) from None
     except UnidentifiedImageError:
-        raise ImageRejected(422, "the upload is not a PNG or JPEG image") from None
+        raise ImageRejected(
+            422, "the upload is not a PNG or JPEG image, or its header is damaged"
+        ) from None
     except (OSError, SyntaxError, ValueError) as error:
         # Pillow's ways of saying "truncated" or "corrupt".
         raise ImageRejected(422, f"the image could not be decoded: {error}") from None
@@ -58,12 +69,28 @@ def decode_digit(data: bytes) -> Tensor:
 
 
 def _grayscale(image: Image.Image) -> Image.Image:
+    image = _eight_bit(image)
     # Transparent pixels carry arbitrary colour (often black): show them as a viewer would,
     # on white, so a digit drawn on a transparent canvas is dark ink on light paper.
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
     return image.convert("L")
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit grayscale PNG (mode I;16) scaled to 8 bits. Pillow's own conversion to L clips
+    at 255 instead, so nearly every pixel of the digit would come out white."""
+    if not image.mode.startswith("I"):
+        return image
+    wide = np.asarray(image)
+    if wide.dtype != np.uint16:  # mode I: 32-bit, holding the same 0-65535 range
+        wide = wide.clip(0, 65535).astype(np.uint16)
+    eight = Image.fromarray((wide >> 8).astype(np.uint8))
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, int):  # tRNS names one 16-bit gray level as transparent
+        eight.info["transparency"] = min(transparent, 65535) >> 8
+    return eight
 
 
 def _bomb(width: int, height: int) -> ImageRejected:

@@ -2,8 +2,10 @@
 
 from fastapi import FastAPI
 
-from bnlab.api import errors
+from bnlab.api import errors, metrics
+from bnlab.api.auth import require_token
 from bnlab.api.broker import Broker
+from bnlab.api.limits import LimitBody
 from bnlab.api.routes import add_routes
 from bnlab.api.serving import ServedNets, checkpoint_loader
 from bnlab.settings import Settings, get_settings
@@ -30,4 +32,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     add_routes(app)
+    app.add_middleware(LimitBody, max_bytes=settings.max_body_bytes)
+    if settings.api_token is not None:
+        # Outside the body limit: a request without the token is refused before anything else.
+        require_token(app, settings.api_token.get_secret_value())
+    # Outermost of all, so refused requests (401, 413) are counted too.
+    metrics.install(app)
     return app

@@ -196,6 +196,13 @@ class PredictQuery(BaseModel):
         "should), `batch` (those of the images sent; one image collapses every answer to the "
         "same class), `fused` (population, with BN folded into the weights).",
     )
+    version: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_ID,
+        description="The checkpoint version: 1 as trained, 2 and up made by "
+        "POST /experiments/{id}/recalibrate. Default: the latest.",
+    )
 
 
 class PredictionOut(BaseModel):

@@ -9,9 +9,15 @@ from bnlab.store import queries
 from bnlab.store.tables import Experiment, utc_now
 
 
-def submit_experiment(session: Session, broker: Broker, spec: ExperimentSpec) -> Experiment:
+def submit_experiment(
+    session: Session, broker: Broker, spec: ExperimentSpec, idempotency_key: str | None = None
+) -> Experiment:
     experiment = queries.create_experiment(
-        session, spec.model_dump(), queue=spec.device, total_steps=spec.training_batches
+        session,
+        spec.model_dump(),
+        queue=spec.device,
+        total_steps=spec.training_batches,
+        idempotency_key=idempotency_key,
     )
     # Committed before the message is sent: a fast worker must find the row it is told about.
     session.commit()
@@ -22,6 +28,9 @@ def submit_experiment(session: Session, broker: Broker, spec: ExperimentSpec) ->
         experiment.status = "failed"
         experiment.error = f"could not be queued, the broker did not take the job ({cause})"
         experiment.finished_at = utc_now()
+        # The key is freed: the client is told to submit again, and its retry must make a new
+        # experiment, not be handed back this failed one.
+        experiment.idempotency_key = None
         session.commit()
         raise HTTPException(
             503,

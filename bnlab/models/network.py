@@ -108,14 +108,21 @@ class NetStack(nn.Module):
     def has_bn(self) -> bool:
         return self.variant == "bn"
 
-    def forward(self, images: Tensor, mode: BNMode) -> Tensor:
+    def forward(
+        self, images: Tensor, mode: BNMode, pre_activations: list[Tensor] | None = None
+    ) -> Tensor:
+        """Logits; `pre_activations`, if given, receives each hidden layer's input to its
+        nonlinearity (after BN, or after the bias), as `probes` reads them."""
         n_conv = len(self.arch.conv_channels)
-        h = self._conv_features(images, mode) if n_conv else images.flatten(1)
+        h = self._conv_features(images, mode, pre_activations) if n_conv else images.flatten(1)
         for i in range(n_conv, len(self.weights) - 1):
             if self.has_bn:
-                h = self.act(self.norms[i](self._linear(h, i), mode))
+                z = self.norms[i](self._linear(h, i), mode)
             else:
-                h = self.act(self._linear(h, i, self.biases[i]))
+                z = self._linear(h, i, self.biases[i])
+            if pre_activations is not None:
+                pre_activations.append(z)
+            h = self.act(z)
         return self._linear(h, len(self.weights) - 1, self.output_bias)
 
     def _linear(self, h: Tensor, layer: int, bias: Tensor | None = None) -> Tensor:
@@ -132,8 +139,11 @@ class NetStack(nn.Module):
         z = F.linear(h, weight.flatten(0, 1), None if bias is None else bias.flatten())
         return z.view(z.shape[0], self.size, -1).transpose(0, 1)
 
-    def _conv_features(self, images: Tensor, mode: BNMode) -> Tensor:
-        """Conv layers, nets as groups of one grouped convolution; returns (net, batch, feature)."""
+    def _conv_features(
+        self, images: Tensor, mode: BNMode, pre_activations: list[Tensor] | None
+    ) -> Tensor:
+        """Conv layers, nets as groups of one grouped convolution; returns (net, batch, feature).
+        Their pre-activations are laid out (batch, net * channel, height, width)."""
         h = images.unsqueeze(1).expand(-1, self.size, -1, -1)
         for i in range(len(self.arch.conv_channels)):
             kernel = self.weights[i].flatten(0, 1)
@@ -141,6 +151,8 @@ class NetStack(nn.Module):
                 z = self.norms[i](F.conv2d(h, kernel, padding="same", groups=self.size), mode)
             else:
                 z = F.conv2d(h, kernel, self.biases[i], padding="same", groups=self.size)
+            if pre_activations is not None:
+                pre_activations.append(z)
             h = F.max_pool2d(self.act(z), 2)
         return h.flatten(2).view(h.shape[0], self.size, -1).transpose(0, 1)
 

@@ -28,6 +28,7 @@ from bnlab.models.batchnorm import BNImpl
 from bnlab.models.data import BatchOrder, Split, Splits, to_inputs
 from bnlab.models.inference import accuracy
 from bnlab.models.network import VARIANTS, Architecture, NetStack, initial_weights
+from bnlab.models.probes import PROBE_SIZE, LayerStats, layer_stats, weight_grad_norms
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,19 @@ class TrainingSpec:
 
 
 @dataclass(frozen=True)
+class LayerSample:
+    """One hidden layer at a sample point (see `probes`): its pre-activations and dead units on
+    the probe batch, and its weight's gradient norm on the last training batch."""
+
+    stats: LayerStats
+    grad_norm: float | None  # None at step 0
+
+
+@dataclass(frozen=True)
 class NetSample:
     val_accuracy: float
     train_loss: float | None  # mean since the last sample; None at step 0
+    layers: tuple[LayerSample, ...] = ()  # per hidden layer, conv layers first
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ class Lane:
         self.diverged_at: dict[str, int] = {}
         self.frozen: dict[str, dict[str, Tensor]] = {}  # diverged nets, as they were
         self._mean_loss: list[float] | None = None  # per active net, since the last sample
+        self._grad_norms: dict[str, list[float]] = {}  # per net and layer, at the last step
         self._use(stack, [net.label for net in nets])
 
     def _use(self, stack: NetStack, active: list[str]) -> None:
@@ -99,6 +111,10 @@ class Lane:
         with torch.jit.optimized_execution(False):
             for row, step in enumerate(range(first_step, end_step)):
                 losses[row] = self._train_step(step)
+        # Read before a diverged net is taken out: rebuilding the stack drops the gradients.
+        rates = [self.nets[label].learning_rate for label in self.active]
+        norms = weight_grad_norms(self.stack, rates)
+        self._grad_norms = dict(zip(self.active, norms, strict=True)) if norms else {}
         # Checked once per interval, not per step: a per-step check would stall on the device.
         # Nets are independent inside a stack, so a diverged one harms no other meanwhile.
         finite = torch.isfinite(losses).all(dim=0).tolist()
@@ -142,10 +158,15 @@ class Lane:
 
     def sample(self, validation: Split) -> dict[str, NetSample]:
         val_accuracy = accuracy(self.stack, validation, "population") if self.active else []
-        mean_loss = self._mean_loss
-        self._mean_loss = None
+        stats = layer_stats(self.stack, validation.images[:PROBE_SIZE]) if self.active else []
+        mean_loss, grad_norms = self._mean_loss, self._grad_norms
+        self._mean_loss, self._grad_norms = None, {}
         return {
-            label: NetSample(val_accuracy[i], mean_loss[i] if mean_loss else None)
+            label: NetSample(
+                val_accuracy[i],
+                mean_loss[i] if mean_loss else None,
+                _layer_samples(stats[i], grad_norms.get(label)),
+            )
             for i, label in enumerate(self.active)
         }
 
@@ -157,6 +178,13 @@ class Lane:
         self._rebuild(
             {label: states[label] for label in self.nets if label not in self.diverged_at}
         )
+
+
+def _layer_samples(
+    stats: list[LayerStats], grad_norms: list[float] | None
+) -> tuple[LayerSample, ...]:
+    norms = grad_norms or [None] * len(stats)
+    return tuple(LayerSample(s, g) for s, g in zip(stats, norms, strict=True))
 
 
 class _Losses(nn.Module):

@@ -7,20 +7,41 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from bnlab.store.tables import VARIANTS, Checkpoint, CurvePoint, Experiment, Run, Worker, utc_now
+from bnlab.store.tables import (
+    QUEUES,
+    STATUSES,
+    VARIANTS,
+    Checkpoint,
+    CurvePoint,
+    Experiment,
+    LayerStat,
+    Run,
+    Sweep,
+    Worker,
+    utc_now,
+)
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def create_experiment(
-    session: Session, spec: dict[str, Any], queue: str, total_steps: int
+    session: Session,
+    spec: dict[str, Any],
+    queue: str,
+    total_steps: int,
+    *,
+    idempotency_key: str | None = None,
+    sweep_id: int | None = None,
 ) -> Experiment:
-    """A queued experiment with one run per variant."""
+    """A queued experiment with one run per variant. A key used before fails the flush with
+    IntegrityError (the column is unique)."""
     experiment = Experiment(
         status="queued",
         queue=queue,
         spec=spec,
         progress_total=total_steps,
+        idempotency_key=idempotency_key,
+        sweep_id=sweep_id,
         runs=[Run(variant=variant) for variant in VARIANTS],
     )
     session.add(experiment)
@@ -79,11 +100,35 @@ def add_curve_points(
 
 
 def drop_curve_after(session: Session, experiment: Experiment, step: int) -> None:
-    """Forget points past `step`: a resumed job writes them again."""
+    """Forget points (and layer statistics) past `step`: a resumed job writes them again."""
     run_ids = [run.id for run in experiment.runs]
     session.execute(
         delete(CurvePoint).where(CurvePoint.run_id.in_(run_ids), CurvePoint.step > step)
     )
+    session.execute(delete(LayerStat).where(LayerStat.run_id.in_(run_ids), LayerStat.step > step))
+
+
+def add_layer_stats(
+    session: Session, experiment: Experiment, step: int, stats: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Per variant, rows of hidden layers: layer, p15, p50, p85, dead_fraction, grad_norm."""
+    for variant, rows in stats.items():
+        run = run_of(experiment, variant)
+        session.add_all(LayerStat(run_id=run.id, step=step, **row) for row in rows)
+
+
+def layer_stats(session: Session, experiment_id: int) -> dict[str, list[LayerStat]]:
+    """Layer statistics per variant, ordered by layer, then step."""
+    query = (
+        select(Run.variant, LayerStat)
+        .join(Run, LayerStat.run_id == Run.id)
+        .where(Run.experiment_id == experiment_id)
+        .order_by(LayerStat.layer, LayerStat.step)
+    )
+    rows: dict[str, list[LayerStat]] = {variant: [] for variant in VARIANTS}
+    for variant, row in session.execute(query):
+        rows[variant].append(row)
+    return rows
 
 
 def cancel_experiment(session: Session, experiment_id: int) -> bool:
@@ -112,6 +157,24 @@ def latest_checkpoint(session: Session, experiment_id: int, variant: str) -> Che
         .where(Run.experiment_id == experiment_id, Run.variant == variant)
         .order_by(Checkpoint.version.desc())
         .limit(1)
+    )
+    return session.scalars(query).first()
+
+
+def checkpoint_of(
+    session: Session, experiment_id: int, variant: str, version: int | None
+) -> Checkpoint | None:
+    """The variant's checkpoint of that version; the latest for None."""
+    if version is None:
+        return latest_checkpoint(session, experiment_id, variant)
+    query = (
+        select(Checkpoint)
+        .join(Checkpoint.run)
+        .where(
+            Run.experiment_id == experiment_id,
+            Run.variant == variant,
+            Checkpoint.version == version,
+        )
     )
     return session.scalars(query).first()
 
@@ -152,3 +215,76 @@ def live_workers(session: Session, max_age: timedelta) -> dict[str, int]:
     counts = {"cpu": 0, "gpu": 0}
     counts.update({queue: count for queue, count in session.execute(query)})
     return counts
+
+
+def curve_points_after(
+    session: Session, experiment_id: int, step: int
+) -> list[tuple[str, CurvePoint]]:
+    """(variant, point) for every point past `step`, in step order, `plain` before `bn`."""
+    query = (
+        select(Run.variant, CurvePoint)
+        .join(CurvePoint.run)
+        .where(Run.experiment_id == experiment_id, CurvePoint.step > step)
+        .order_by(CurvePoint.step, Run.variant.desc())
+    )
+    return [(variant, point) for variant, point in session.execute(query)]
+
+
+def experiments_by_status(session: Session) -> dict[str, int]:
+    """How many experiments have each status, zeros included."""
+    query = select(Experiment.status, func.count()).group_by(Experiment.status)
+    counts = dict.fromkeys(STATUSES, 0)
+    counts.update({status: count for status, count in session.execute(query)})
+    return counts
+
+
+def queued_per_queue(session: Session) -> dict[str, int]:
+    """Experiments waiting for a worker, per queue, zeros included."""
+    query = (
+        select(Experiment.queue, func.count())
+        .where(Experiment.status == "queued")
+        .group_by(Experiment.queue)
+    )
+    counts = dict.fromkeys(QUEUES, 0)
+    counts.update({queue: count for queue, count in session.execute(query)})
+    return counts
+
+
+def running_rates(session: Session) -> list[tuple[int, float]]:
+    """(experiment id, training steps per second) of each running experiment that has a rate."""
+    query = select(Experiment.id, Experiment.steps_per_second).where(
+        Experiment.status == "running", Experiment.steps_per_second.is_not(None)
+    )
+    return [(experiment_id, rate) for experiment_id, rate in session.execute(query)]
+
+
+def create_sweep(
+    session: Session, spec: dict[str, Any], idempotency_key: str | None = None
+) -> Sweep:
+    sweep = Sweep(spec=spec, idempotency_key=idempotency_key)
+    session.add(sweep)
+    session.flush()
+    return sweep
+
+
+def get_sweep(session: Session, sweep_id: int) -> Sweep | None:
+    """The sweep with its cells (experiments, in id order) and their runs."""
+    query = select(Sweep).where(Sweep.id == sweep_id)
+    options = selectinload(Sweep.experiments).selectinload(Experiment.runs)
+    return session.scalars(query.options(options)).one_or_none()
+
+
+def sweep_curves(session: Session, sweep_id: int) -> dict[int, dict[str, list[CurvePoint]]]:
+    """Curve points per cell (experiment id) and variant, in step order: one query."""
+    query = (
+        select(Run.experiment_id, Run.variant, CurvePoint)
+        .join(CurvePoint.run)
+        .join(Run.experiment)
+        .where(Experiment.sweep_id == sweep_id)
+        .order_by(CurvePoint.step)
+    )
+    curves: dict[int, dict[str, list[CurvePoint]]] = {}
+    for experiment_id, variant, point in session.execute(query):
+        cell = curves.setdefault(experiment_id, {v: [] for v in VARIANTS})
+        cell[variant].append(point)
+    return curves

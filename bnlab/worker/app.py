@@ -5,8 +5,11 @@ worker (to run). Importing it does not import torch; the tasks module does, in t
 from celery import Celery
 
 from bnlab.settings import Settings, get_settings
+from bnlab.worker import job_logs
 
 RUN_EXPERIMENT = "bnlab.run_experiment"
+# Several cells of a sweep trained as one batched model (bnlab/worker/sweep_job.py).
+RUN_SWEEP_GROUP = "bnlab.run_sweep_group"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -23,6 +26,8 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        app.conf.broker_transport_options = redis_transport_options(settings)
     if settings.broker_url == "filesystem://":
         folder = settings.broker_dir
         for sub in ("queue", "processed", "control"):
@@ -37,9 +42,27 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def redis_transport_options(settings: Settings) -> dict[str, float]:
+    """An unacknowledged job goes back to the queue after the visibility timeout; the sweep
+    that puts it back runs every few seconds, not kombu's default ~100 s, so a job whose
+    worker died is not left waiting long after its timeout."""
+    timeout = settings.broker_visibility_timeout
+    return {
+        "visibility_timeout": timeout,
+        "unacked_restore_interval": max(1.0, min(10.0, timeout / 2)),
+        "unacked_restore_throttle": 1,
+    }
+
+
 celery_app = make_celery(get_settings())
+job_logs.install(RUN_EXPERIMENT)
 
 
 def enqueue_experiment(experiment_id: int, queue: str) -> None:
     """Queue the job; it carries only the id, the spec is read from SQL."""
     celery_app.send_task(RUN_EXPERIMENT, args=[experiment_id], queue=queue)
+
+
+def enqueue_sweep_group(experiment_ids: list[int], queue: str) -> None:
+    """Queue cells of a sweep that train as one batched model: only their ids."""
+    celery_app.send_task(RUN_SWEEP_GROUP, args=[experiment_ids], queue=queue)

@@ -6,20 +6,60 @@ import socket
 import threading
 from datetime import timedelta
 
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery import Task
+from celery.signals import (
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from bnlab.settings import get_settings
 from bnlab.store import queries
 from bnlab.store.db import make_engine, make_sessionmaker
-from bnlab.worker.app import RUN_EXPERIMENT, celery_app
+from bnlab.worker import shutdown
+from bnlab.worker.app import (
+    RUN_EXPERIMENT,
+    RUN_SWEEP_GROUP,
+    celery_app,
+    enqueue_experiment,
+    enqueue_sweep_group,
+)
 from bnlab.worker.job import ExperimentJob
+from bnlab.worker.reaper import Reaper
+from bnlab.worker.sweep_job import SweepGroupJob
 
 log = logging.getLogger(__name__)
 
 
-@celery_app.task(name=RUN_EXPERIMENT)
-def run_experiment(experiment_id: int) -> None:
-    ExperimentJob(experiment_id, get_settings(), hostname=socket.gethostname()).run()
+@celery_app.task(name=RUN_EXPERIMENT, bind=True)
+def run_experiment(self: Task, experiment_id: int) -> None:
+    ExperimentJob(
+        experiment_id,
+        get_settings(),
+        # The node name (bnlab-cpu-<pid>@host): tells apart two workers on one host.
+        worker=str(self.request.hostname or socket.gethostname()),
+        shutting_down=shutdown.requested,
+        hand_back=enqueue_experiment,
+    ).run()
+
+
+@celery_app.task(name=RUN_SWEEP_GROUP, bind=True)
+def run_sweep_group(self: Task, experiment_ids: list[int]) -> None:
+    SweepGroupJob(
+        experiment_ids,
+        get_settings(),
+        worker=str(self.request.hostname or socket.gethostname()),
+        shutting_down=shutdown.requested,
+        hand_back=enqueue_sweep_group,
+    ).run()
+
+
+@worker_shutting_down.connect
+def _tell_jobs(**_: object) -> None:
+    # SIGTERM: the running job hands its experiment back at its next sample point, and Celery's
+    # warm shutdown, which waits for it, ends soon after.
+    shutdown.request()
 
 
 @worker_process_init.connect
@@ -38,8 +78,13 @@ _stop_heartbeat = threading.Event()
 def _start_heartbeat(sender: object, **_: object) -> None:
     queues = [queue.name for queue in sender.task_consumer.queues]  # type: ignore[attr-defined]
     hostname = str(getattr(sender, "hostname", socket.gethostname()))
+    slots = int(getattr(getattr(sender, "controller", None), "concurrency", 1) or 1)
+    reaper = Reaper(queues[0], slots, get_settings(), enqueue_experiment)
     thread = threading.Thread(
-        target=_heartbeat_loop, args=(hostname, queues[0]), daemon=True, name="bnlab-heartbeat"
+        target=_heartbeat_loop,
+        args=(hostname, queues[0], reaper),
+        daemon=True,
+        name="bnlab-heartbeat",
     )
     thread.start()
 
@@ -53,15 +98,18 @@ def _stop(sender: object, **_: object) -> None:
         session.commit()
 
 
-def _heartbeat_loop(hostname: str, queue: str) -> None:
+def _heartbeat_loop(hostname: str, queue: str, reaper: Reaper) -> None:
     settings = get_settings()
     interval = timedelta(seconds=settings.worker_heartbeat_seconds).total_seconds()
+    sessions = make_sessionmaker(settings.database_url)
     while True:
         try:
-            with make_sessionmaker(settings.database_url)() as session:
+            with sessions() as session:
                 queries.heartbeat(session, hostname, queue)
                 session.commit()
         except Exception:  # the database may be restarting; the next beat tries again
             log.warning("worker heartbeat failed", exc_info=True)
+        # Beside the heartbeat: experiments whose worker died, or whose message was lost.
+        reaper.tick(sessions)
         if _stop_heartbeat.wait(interval):
             return

@@ -248,7 +248,7 @@ def test_a_cached_net_is_served_without_touching_the_database(
 def test_the_cache_keeps_the_most_recently_used_nets() -> None:
     loads: list[tuple[int, str]] = []
 
-    def load(experiment_id: int, variant: str) -> LoadedNet:
+    def load(experiment_id: int, variant: str, version: int | None) -> LoadedNet:
         loads.append((experiment_id, variant))
         return LoadedNet(net=object(), checkpoint_version=1)  # type: ignore[arg-type]
 

@@ -19,6 +19,7 @@ import yaml
 from jsonschema import Draft7Validator
 from sqlalchemy.engine import make_url
 
+from bnlab.api.auth import is_open
 from bnlab.cli import Queue, app
 from bnlab.settings import Settings
 
@@ -27,8 +28,12 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 COMPOSE_SCHEMA = REPO_ROOT.parent / "shared/compose-spec/compose-spec.json"
 
-# `${NAME}`, `${NAME:-default}` or `${NAME-default}`: Compose's interpolation syntax.
-INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}")
+# `${NAME}`, `${NAME:-default}`, `${NAME-default}` or `${NAME:?error}` (required): Compose's
+# interpolation syntax.
+INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*)|:?\?(?P<error>[^}]*))?\}")
+# What the person running `docker compose up` must set (compose stops with the error otherwise),
+# and the value this test sets for each.
+REQUIRED = {"BNLAB_API_TOKEN": "a-token-for-the-test"}
 
 
 def load_compose() -> dict[str, Any]:
@@ -42,9 +47,14 @@ SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 
 
 def interpolate(value: str) -> str:
-    """Resolve `${NAME:-default}` to its default, as `docker compose up` does with NAME unset."""
+    """Resolve `${NAME:-default}` to its default, as `docker compose up` does with NAME unset,
+    and a required `${NAME:?error}` to the value in REQUIRED, as if the person had set it."""
 
     def default(match: re.Match[str]) -> str:
+        if match["error"] is not None:
+            if match["name"] not in REQUIRED:
+                pytest.fail(f"{match[0]} is required: give the test a value in REQUIRED")
+            return REQUIRED[match["name"]]
         if match["default"] is None:
             pytest.fail(f"{match[0]} has no default: `docker compose up` needs it set")
         return match["default"]
@@ -213,6 +223,22 @@ def test_settings_from_the_compose_environment_point_at_the_servers(
     assert settings.host == "0.0.0.0"
 
 
+def test_the_api_requires_a_token_and_its_healthcheck_needs_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    raw = SERVICES["api"]["environment"]["BNLAB_API_TOKEN"]
+    match = INTERPOLATION.fullmatch(raw)
+    assert match is not None and match["error"], f"{raw}: compose must refuse to start without it"
+    for key in list(os.environ):
+        if key.startswith("BNLAB_"):
+            monkeypatch.delenv(key)
+    for key, value in environment(SERVICES["api"]).items():
+        monkeypatch.setenv(key, value)
+    token = Settings().api_token
+    assert token is not None and token.get_secret_value() == REQUIRED["BNLAB_API_TOKEN"]
+    assert is_open("/health")  # what the healthcheck asks for
+
+
 # --- wiring ------------------------------------------------------------------------------------
 
 
@@ -240,7 +266,7 @@ def test_checkpoints_volume_is_mounted_at_the_checkpoint_dir(service_name: str) 
     assert "checkpoints" in COMPOSE["volumes"]
 
 
-@pytest.mark.parametrize("service_name", workers())
+@pytest.mark.parametrize("service_name", ["api", *workers()])
 def test_datasets_volume_is_mounted_at_the_data_dir(service_name: str) -> None:
     service = SERVICES[service_name]
     data_dir = environment(service)["BNLAB_DATA_DIR"]

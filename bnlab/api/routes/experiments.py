@@ -7,8 +7,10 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
-from bnlab.api import plotting, submit
+from bnlab.api import idempotency, plotting, submit
+from bnlab.api.content import JSON_ONLY
 from bnlab.api.deps import BrokerDep, ExperimentDep, SessionDep, SettingsDep
+from bnlab.api.idempotency import IdempotencyKey
 from bnlab.api.schemas import (
     MAX_ID,
     Curve,
@@ -20,6 +22,7 @@ from bnlab.api.schemas import (
     Variant,
 )
 from bnlab.api.workers import notices
+from bnlab.models.checkpoint import sha256_of
 from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
 from bnlab.store import queries
@@ -34,8 +37,18 @@ NOT_FOUND = {404: {"model": Message, "description": "No experiment with that id.
 @router.post(
     "",
     status_code=202,
+    dependencies=[JSON_ONLY],
     responses={
-        202: {"headers": {"Location": {"description": "The experiment's URL."}}},
+        202: {
+            "headers": {
+                "Location": {"description": "The experiment's URL."},
+                idempotency.REPLAYED_HEADER: {
+                    "description": "`true` when an earlier request with this Idempotency-Key "
+                    "made the experiment."
+                },
+            }
+        },
+        415: {"model": Message, "description": "The body is not JSON."},
         503: {"model": Message, "description": "Stored, but the broker did not take the job."},
     },
 )
@@ -45,9 +58,19 @@ def create_experiment(
     broker: BrokerDep,
     settings: SettingsDep,
     response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> ExperimentOut:
     """Queue a paired experiment (plain and BN nets from the same initial weights)."""
-    experiment = submit.submit_experiment(session, broker, spec)
+    experiment, replayed = idempotency.once(
+        session,
+        Experiment,
+        idempotency_key,
+        create=lambda: submit.submit_experiment(session, broker, spec, idempotency_key),
+        same=lambda earlier: earlier.spec == spec.model_dump(),
+        what="experiment",
+    )
+    if replayed:
+        idempotency.mark_replayed(response)
     response.headers["Location"] = f"/experiments/{experiment.id}"
     return _present(experiment, session, settings)
 
@@ -131,6 +154,7 @@ def _not_cancellable(experiment: Experiment) -> HTTPException:
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "A safetensors file."},
         404: {"model": Message, "description": "No such experiment, or no checkpoint yet."},
+        409: {"model": Message, "description": "The file changed since it was written."},
     },
 )
 def download_checkpoint(
@@ -145,6 +169,12 @@ def download_checkpoint(
         raise HTTPException(
             404,
             f"experiment {experiment.id}'s {variant} checkpoint is recorded but its file is gone",
+        )
+    if sha256_of(path) != checkpoint.sha256:
+        raise HTTPException(
+            409,
+            f"experiment {experiment.id}'s {variant} checkpoint changed on disk since it was "
+            "written (sha256 mismatch); it is not served",
         )
     return FileResponse(
         path,

@@ -8,6 +8,7 @@ runs the net (measured in-process with the study's 784-100-100-100-10 net). The 
 validated by one pydantic model instead, and documented through `openapi_extra`.
 """
 
+from time import perf_counter
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -81,7 +82,7 @@ _REQUEST_BODY = {
 }
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"model": Message, "description": "No experiment with that id."},
+    404: {"model": Message, "description": "No experiment with that id, or no such version."},
     409: {"model": Message, "description": "Not succeeded, or its checkpoint cannot be served."},
     413: {"model": Message, "description": "Body or image too large."},
     415: {"model": Message, "description": "Neither JSON nor multipart."},
@@ -108,21 +109,24 @@ ROUTE: dict[str, Any] = {
 
 async def predict(request: Request) -> JSONResponse:
     """Classify digits with a succeeded experiment's net, BN in the `mode` asked for."""
+    start = perf_counter()
     try:
         query = PredictQuery.model_validate(request.query_params)
     except ValidationError as error:
         raise HTTPException(422, describe(error)) from None
     nets = served_nets(request)
-    net = nets.get(query.experiment_id, query.variant)
+    net = nets.get(query.experiment_id, query.variant, query.version)
     if net is None:
-        net = await run_in_threadpool(nets.load, query.experiment_id, query.variant)
+        net = await run_in_threadpool(nets.load, query.experiment_id, query.variant, query.version)
     images = await read_images(request, app_settings(request).max_upload_bytes)
     if len(images.pixels) <= INLINE_BATCH:
         prediction = net.predict(images.pixels, query.mode)
     else:
         prediction = await run_in_threadpool(net.predict, images.pixels, query.mode)
     answers = _answers(prediction, query.variant)
-    return JSONResponse(answers[0] if images.single else answers)
+    response = JSONResponse(answers[0] if images.single else answers)
+    request.app.state.metrics.observe_prediction(query.mode, perf_counter() - start)
+    return response
 
 
 def _answers(prediction: Prediction, variant: str) -> list[dict[str, Any]]:

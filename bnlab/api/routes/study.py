@@ -1,0 +1,285 @@
+"""The study's last experiment and what the study only describes, per experiment:
+
+- POST /experiments/{id}/collapse: the first n test images one at a time, BN on population and on
+  batch statistics (the collapse), and the whole test set in large batches (no collapse);
+- GET /experiments/{id}/batch-size-effect(.png): accuracy against inference batch size;
+- GET /experiments/{id}/activations(.png): each hidden layer's pre-activations, dead units and
+  gradient norm at every sample point;
+- POST /experiments/{id}/recalibrate: BN's population statistics measured over the training
+  split, kept as a new checkpoint version.
+
+The work is torch on CPU: plain `def` routes, so it runs in the threadpool, not on the loop.
+"""
+
+from pathlib import Path
+from typing import Annotated
+from uuid import uuid4
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bnlab.api.deps import ExperimentDep, SessionDep, SettingsDep, served_nets
+from bnlab.api.schemas import MAX_ID, Message, Variant
+from bnlab.api.serving import open_checkpoint
+from bnlab.api.study import plots
+from bnlab.api.study.schemas import (
+    ActivationsOut,
+    BatchSizeEffectOut,
+    CollapseOut,
+    LayerSeries,
+    NetAnswers,
+    OneAtATime,
+    RecalibrationOut,
+    WholeTestSet,
+)
+from bnlab.api.study.sources import (
+    demo_net,
+    one_torch_thread,
+    require_bn_of_succeeded,
+    splits_of,
+)
+from bnlab.models.checkpoint import save_net
+from bnlab.models.collapse import batch_size_effect, batch_sizes, one_at_a_time
+from bnlab.models.inference import Mode, accuracy
+from bnlab.models.probes import DEAD, PROBE_SIZE
+from bnlab.models.recalibration import recalibrate
+from bnlab.settings import Settings
+from bnlab.store import queries
+from bnlab.store.tables import Experiment, LayerStat
+
+router = APIRouter(prefix="/experiments", tags=["study"])
+
+MAX_COLLAPSE_IMAGES = 10_000
+LARGE_BATCH = 1000  # the whole test set in batch mode: batches this large barely collapse
+COLLAPSE_MODES: tuple[Mode, ...] = ("population", "batch")
+RECALIBRATION_BATCH = 1000  # memory only: recalibration's result does not depend on it
+# Fields of a checkpoint's metadata that `save_net` writes itself.
+WRITTEN_BY_SAVE = {"format", "format_version", "variant", "architecture", "preprocessing"}
+
+VariantQuery = Annotated[Variant, Query(description="Which net: only `bn` has BN to show.")]
+VersionQuery = Annotated[
+    int | None,
+    Query(ge=1, le=MAX_ID, description="Checkpoint version (see /recalibrate); default latest."),
+]
+NOT_FOUND = {404: {"model": Message, "description": "No such experiment or checkpoint version."}}
+DEMO_ERRORS = {
+    **NOT_FOUND,
+    409: {"model": Message, "description": "Not succeeded, or the plain variant (no BN)."},
+    503: {"model": Message, "description": "The API cannot read the experiment's dataset."},
+}
+PNG = {200: {"content": {"image/png": {}}, "description": "The plot."}}
+
+
+@router.post("/{experiment_id}/collapse", responses=DEMO_ERRORS)
+def collapse(
+    request: Request,
+    experiment: ExperimentDep,
+    settings: SettingsDep,
+    n: Annotated[
+        int,
+        Query(ge=1, le=MAX_COLLAPSE_IMAGES, description="How many test images, from the first."),
+    ] = 200,
+    variant: VariantQuery = "bn",
+    version: VersionQuery = None,
+) -> CollapseOut:
+    """The study's last experiment: predict the first n test images one at a time with
+    population and with batch statistics. One image's own statistics turn every BN output into
+    beta, so every image gets the same class; the whole test set in large batches shows batch
+    statistics doing almost as well as population ones: the collapse is about batch size."""
+    loaded = demo_net(request, experiment, variant, version, "the collapse demo")
+    test = splits_of(experiment, settings).test
+    if n > len(test):
+        raise HTTPException(422, f"n is {n}, but the test set has only {len(test)} images")
+    stack, labels = loaded.net.stack, test.labels[:n]
+    answers = {}
+    with one_torch_thread():
+        for mode in COLLAPSE_MODES:
+            predictions = one_at_a_time(stack, test.images[:n], mode)[0]
+            correct = (predictions == labels).double().mean().item()
+            answers[mode] = NetAnswers(predictions=predictions.tolist(), accuracy=correct)
+        [population] = accuracy(stack, test, "population")
+        [batch] = accuracy(stack, test, "batch", batch_size=LARGE_BATCH)
+    return CollapseOut(
+        experiment_id=experiment.id,
+        variant=variant,
+        checkpoint_version=loaded.checkpoint_version,
+        n=n,
+        labels=labels.tolist(),
+        one_at_a_time=OneAtATime(**answers),
+        whole_test_set=WholeTestSet(
+            images=len(test),
+            batch_size=LARGE_BATCH,
+            population_accuracy=population,
+            batch_accuracy=batch,
+        ),
+    )
+
+
+@router.get("/{experiment_id}/batch-size-effect", responses=DEMO_ERRORS)
+def get_batch_size_effect(
+    request: Request,
+    experiment: ExperimentDep,
+    settings: SettingsDep,
+    variant: VariantQuery = "bn",
+    version: VersionQuery = None,
+) -> BatchSizeEffectOut:
+    """Test accuracy with BN on batch statistics for inference batches of 1, 2, 4, ... 1024
+    images (up to the test set's size), and with population statistics for reference: where the
+    collapse ends."""
+    return _batch_size_effect(request, experiment, settings, variant, version)
+
+
+@router.get(
+    "/{experiment_id}/batch-size-effect.png",
+    response_class=Response,
+    responses={**PNG, **DEMO_ERRORS},
+)
+def get_batch_size_effect_png(
+    request: Request,
+    experiment: ExperimentDep,
+    settings: SettingsDep,
+    variant: VariantQuery = "bn",
+    version: VersionQuery = None,
+) -> Response:
+    """The batch-size effect, plotted: accuracy against batch size, population as a line."""
+    effect = _batch_size_effect(request, experiment, settings, variant, version)
+    return Response(plots.batch_size_effect_png(effect, experiment.spec), media_type="image/png")
+
+
+def _batch_size_effect(
+    request: Request,
+    experiment: Experiment,
+    settings: Settings,
+    variant: str,
+    version: int | None,
+) -> BatchSizeEffectOut:
+    loaded = demo_net(request, experiment, variant, version, "the batch-size effect")
+    test = splits_of(experiment, settings).test
+    sizes = batch_sizes(len(test))
+    with one_torch_thread():
+        effect = batch_size_effect(loaded.net.stack, test, sizes)
+        [population] = accuracy(loaded.net.stack, test, "population")
+    return BatchSizeEffectOut(
+        experiment_id=experiment.id,
+        variant=variant,  # type: ignore[arg-type]  # checked by require_bn_of_succeeded
+        checkpoint_version=loaded.checkpoint_version,
+        images=len(test),
+        sizes=sizes,
+        batch_accuracy=[net_accuracy for [net_accuracy] in effect],
+        population_accuracy=population,
+    )
+
+
+@router.get("/{experiment_id}/activations", responses=NOT_FOUND)
+def get_activations(experiment: ExperimentDep, session: SessionDep) -> ActivationsOut:
+    """Inside each net at every sample point, per hidden layer: the 15th, 50th and 85th
+    percentiles of the input to the nonlinearity over a fixed probe batch of validation images
+    (BN in population mode), the fraction of dead units, and the norm of the layer's weight
+    gradient on the last training batch. Grows while the experiment runs."""
+    return _activations(experiment, session)
+
+
+@router.get(
+    "/{experiment_id}/activations.png",
+    response_class=Response,
+    responses={**PNG, **NOT_FOUND},
+)
+def get_activations_png(experiment: ExperimentDep, session: SessionDep) -> Response:
+    """The activations, plotted: a row per hidden layer, a column per variant."""
+    png = plots.activations_png(_activations(experiment, session), experiment.spec)
+    # A running experiment's statistics grow: a cached copy would hide the new ones.
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+def _activations(experiment: Experiment, session: Session) -> ActivationsOut:
+    activation = experiment.spec.get("activation", "relu")
+    rows = queries.layer_stats(session, experiment.id)
+    return ActivationsOut(
+        experiment_id=experiment.id,
+        activation=activation,
+        probe_images=min(PROBE_SIZE, experiment.spec.get("validation_size", 5000)),
+        dead_means=DEAD[activation].means if activation in DEAD else "",
+        variants={variant: _layer_series(stats) for variant, stats in rows.items()},  # type: ignore[misc]
+    )
+
+
+def _layer_series(stats: list[LayerStat]) -> list[LayerSeries]:
+    """Rows ordered by layer, then step, as one series per layer."""
+    by_layer: dict[int, list[LayerStat]] = {}
+    for row in stats:
+        by_layer.setdefault(row.layer, []).append(row)
+    return [
+        LayerSeries(
+            layer=layer,
+            step=[row.step for row in rows],
+            p15=[row.p15 for row in rows],
+            p50=[row.p50 for row in rows],
+            p85=[row.p85 for row in rows],
+            dead_fraction=[row.dead_fraction for row in rows],
+            grad_norm=[row.grad_norm for row in rows],
+        )
+        for layer, rows in sorted(by_layer.items())
+    ]
+
+
+@router.post("/{experiment_id}/recalibrate", status_code=201, responses=DEMO_ERRORS)
+def recalibrate_bn(
+    request: Request,
+    experiment: ExperimentDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    variant: VariantQuery = "bn",
+    version: VersionQuery = None,
+) -> RecalibrationOut:
+    """Re-estimate the bn net's population statistics as true averages over the training split
+    (one pass per BN layer; "precise BN") instead of the decayed running estimate, and keep the
+    result as a new checkpoint version that /predict and the demos take as ?version=. `version`
+    names the checkpoint to start from (default latest)."""
+    require_bn_of_succeeded(experiment, variant, "recalibration")
+    checkpoint = queries.checkpoint_of(session, experiment.id, variant, version)
+    if checkpoint is None:
+        which = f"version {version}" if version else "checkpoint yet"
+        raise HTTPException(404, f"experiment {experiment.id} has no {variant} {which}")
+    stack, meta = open_checkpoint(checkpoint, experiment.id, variant, settings)
+    splits = splits_of(experiment, settings)
+    with one_torch_thread():
+        recalibrated = recalibrate(stack, splits.train, RECALIBRATION_BATCH)
+        [before] = accuracy(stack, splits.test, "population")
+        [after] = accuracy(recalibrated, splits.test, "population")
+    # A name of its own: two recalibrations at once must not write the same file.
+    path = Path(checkpoint.path).parent / f"{variant}-recalibrated-{uuid4().hex[:12]}.safetensors"
+    kept = {key: value for key, value in meta.items() if key not in WRITTEN_BY_SAVE}
+    sha256, size = save_net(
+        path,
+        recalibrated.net_state(0),
+        variant=variant,
+        arch=stack.arch,
+        **kept,
+        recalibrated_from_version=checkpoint.version,
+        recalibration_images=len(splits.train),
+    )
+    run = queries.run_of(experiment, variant)
+    added = queries.add_checkpoint(
+        session, run, checkpoint.step, str(path.absolute()), sha256, size
+    )
+    try:
+        session.commit()
+    except IntegrityError:  # another recalibration took the same version number first
+        session.rollback()
+        path.unlink(missing_ok=True)
+        raise HTTPException(
+            409,
+            f"another recalibration of experiment {experiment.id} finished at the same "
+            "moment; try again",
+        ) from None
+    served_nets(request).forget_latest(experiment.id, variant)
+    return RecalibrationOut(
+        experiment_id=experiment.id,
+        variant=variant,
+        from_version=checkpoint.version,
+        version=added.version,
+        training_images=len(splits.train),
+        test_accuracy_before=before,
+        test_accuracy_after=after,
+    )

@@ -1,0 +1,211 @@
+"""/sweeps: submit a grid of experiments (or the classic study), follow it, cancel it, and read
+its report as JSON, CSV or Markdown, and its curves as one PNG."""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from sqlalchemy.orm import Session
+
+from bnlab.api.content import JSON_ONLY
+from bnlab.api.deps import BrokerDep, SessionDep, SettingsDep
+from bnlab.api.schemas import MAX_ID, Message, Progress
+from bnlab.api.sweeps import plots, report
+from bnlab.api.sweeps.schemas import SweepCell, SweepOut, SweepProgress, SweepReport
+from bnlab.api.sweeps.submit import submit_sweep
+from bnlab.api.workers import notices
+from bnlab.settings import Settings
+from bnlab.store import queries
+from bnlab.store.queries import TERMINAL
+from bnlab.store.tables import Sweep
+from bnlab.sweeps import SweepRejected, SweepRequest, expand, varying_fields
+
+router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+
+NOT_FOUND = {404: {"model": Message, "description": "No sweep with that id."}}
+DEFAULT_TOLERANCE = 0.01
+ReportFormat = Literal["json", "csv", "md"]
+MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "md": "text/markdown; charset=utf-8"}
+
+SweepId = Annotated[int, Path(ge=1, le=MAX_ID, description="The sweep's id.")]
+
+
+def get_sweep(sweep_id: SweepId, session: SessionDep) -> Sweep:
+    sweep = queries.get_sweep(session, sweep_id)
+    if sweep is None:
+        raise HTTPException(404, f"no sweep with id {sweep_id}")
+    return sweep
+
+
+SweepDep = Annotated[Sweep, Depends(get_sweep)]
+
+
+@router.post(
+    "",
+    status_code=202,
+    dependencies=[JSON_ONLY],
+    responses={
+        202: {"headers": {"Location": {"description": "The sweep's URL."}}},
+        415: {"model": Message, "description": "The body is not JSON."},
+        422: {"description": "Unknown fields, empty value lists, too many cells, a bad value."},
+        503: {"model": Message, "description": "Stored, but the broker did not take its jobs."},
+    },
+)
+def create_sweep(
+    body: SweepRequest,
+    session: SessionDep,
+    broker: BrokerDep,
+    settings: SettingsDep,
+    response: Response,
+) -> SweepOut:
+    """Queue every cell of a grid (or of the classic study) as an ordinary experiment. Cells that
+    share an architecture, activation and batch order train as one batched model on one worker;
+    the others are spread over the queue's workers."""
+    try:
+        specs = expand(body, settings.max_sweep_cells)
+    except SweepRejected as error:
+        raise HTTPException(422, str(error)) from None
+    # Idempotency-Key goes here: pass the header's key to submit_sweep (it stores it with the
+    # sweep, and frees it when the broker refuses the jobs), through bnlab/api/idempotency.py.
+    sweep = submit_sweep(session, broker, settings, body, specs)
+    response.headers["Location"] = f"/sweeps/{sweep.id}"
+    return _present(session, settings, sweep.id)
+
+
+@router.get("/{sweep_id}", responses=NOT_FOUND)
+def read_sweep(sweep: SweepDep, session: SessionDep, settings: SettingsDep) -> SweepOut:
+    """Every cell's status and progress, and the sweep's overall progress."""
+    return present(sweep, session, settings)
+
+
+@router.post(
+    "/{sweep_id}/cancel",
+    responses={**NOT_FOUND, 409: {"model": Message, "description": "Every cell has finished."}},
+)
+def cancel_sweep(sweep: SweepDep, session: SessionDep, settings: SettingsDep) -> SweepOut:
+    """Cancel every cell not finished yet: queued ones now, running ones at their next sample
+    point (a batched group stops when all its cells are cancelled)."""
+    unfinished = [cell.id for cell in sweep.experiments if cell.status not in TERMINAL]
+    if not unfinished:
+        raise HTTPException(
+            409, f"sweep {sweep.id} has finished: every cell succeeded, failed or was cancelled"
+        )
+    sweep.cancel_requested = True
+    for experiment_id in unfinished:
+        queries.cancel_experiment(session, experiment_id)
+    session.commit()
+    return _present(session, settings, sweep.id)
+
+
+@router.get(
+    "/{sweep_id}/report",
+    response_model=SweepReport,
+    responses={
+        200: {
+            "content": {"text/csv": {}, "text/markdown": {}},
+            "description": "JSON, or CSV (`Accept: text/csv` or `?format=csv`), or Markdown "
+            "(`?format=md` or `Accept: text/markdown`).",
+        },
+        **NOT_FOUND,
+    },
+)
+def get_report(
+    sweep: SweepDep,
+    request: Request,
+    format: Annotated[
+        ReportFormat | None, Query(description="Overrides the Accept header.")
+    ] = None,
+    tolerance: Annotated[
+        float,
+        Query(ge=0, le=1, description="Test-accuracy difference still called `same`."),
+    ] = DEFAULT_TOLERANCE,
+) -> SweepReport | Response:
+    """One row per cell (or per cell over its seeds): each variant's final validation and test
+    accuracy, steps to 0.90 and 0.95, divergence; BN's verdict and speed-up. While cells run it
+    holds what is done, with `complete: false`."""
+    built = report.build(sweep, tolerance)
+    chosen = format or _format_from(request.headers.get("accept", ""))
+    headers = {} if built.complete else {"Cache-Control": "no-store"}
+    if chosen == "csv":
+        body = report.to_csv(built)
+        return Response(body, media_type=MEDIA_TYPES["csv"], headers=headers)
+    if chosen == "md":
+        return Response(report.to_markdown(built), media_type=MEDIA_TYPES["md"], headers=headers)
+    return Response(built.model_dump_json(), media_type="application/json", headers=headers)
+
+
+def _format_from(accept: str) -> ReportFormat:
+    kinds = [part.split(";", 1)[0].strip().lower() for part in accept.split(",")]
+    if "text/csv" in kinds:
+        return "csv"
+    if "text/markdown" in kinds:
+        return "md"
+    return "json"
+
+
+@router.get(
+    "/{sweep_id}/report.png",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "A small curve plot per cell."},
+        **NOT_FOUND,
+    },
+)
+def get_report_png(sweep: SweepDep, session: SessionDep) -> Response:
+    """Validation accuracy against step, both variants, one panel per cell labelled with its
+    values; partial curves while cells run."""
+    cells = list(sweep.experiments)
+    varying = varying_fields([cell.spec for cell in cells])
+    png = plots.sweep_png(cells, queries.sweep_curves(session, sweep.id), varying)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+def _present(session: Session, settings: Settings, sweep_id: int) -> SweepOut:
+    session.expire_all()  # read the cells as they are now, not as this session last saw them
+    sweep = queries.get_sweep(session, sweep_id)
+    assert sweep is not None
+    return present(sweep, session, settings)
+
+
+def present(sweep: Sweep, session: Session, settings: Settings) -> SweepOut:
+    cells = list(sweep.experiments)
+    varying = varying_fields([cell.spec for cell in cells])
+    done = sum(cell.progress_step for cell in cells)
+    total = sum(cell.progress_total for cell in cells)
+    notice_of = notices(session, settings, cells)
+    return SweepOut(
+        id=sweep.id,
+        status=overall_status([cell.status for cell in cells]),
+        spec=sweep.spec,
+        created_at=sweep.created_at,
+        cancel_requested=sweep.cancel_requested,
+        varying=varying,
+        counts=report.status_counts(cells),  # type: ignore[arg-type]
+        progress=SweepProgress(
+            steps_done=done, steps_total=total, fraction=done / total if total else 1.0
+        ),
+        cells=[
+            SweepCell(
+                id=cell.id,
+                url=f"/experiments/{cell.id}",
+                status=cell.status,  # type: ignore[arg-type]
+                values={name: cell.spec.get(name) for name in varying},
+                progress=Progress(
+                    step=cell.progress_step,
+                    total=cell.progress_total,
+                    steps_per_second=cell.steps_per_second,
+                    eta_seconds=cell.eta_seconds,
+                ),
+                error=cell.error,
+            )
+            for cell in cells
+        ],
+        notice=next((n for n in notice_of.values() if n), None),
+    )
+
+
+def overall_status(statuses: list[str]) -> str:
+    if any(status not in TERMINAL for status in statuses):
+        return "queued" if all(status == "queued" for status in statuses) else "running"
+    if all(status == "succeeded" for status in statuses):
+        return "succeeded"
+    return "failed" if "failed" in statuses else "cancelled"

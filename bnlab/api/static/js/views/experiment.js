@@ -1,0 +1,175 @@
+// One experiment: status and progress, why it failed, both curves (live while it runs), the
+// results of plain vs bn, activation plots when the service has them, and the collapse demo.
+
+import { get, imageUrl, post } from "../api.js";
+import { collapseDemo } from "../collapse.js";
+import { CurveChart, follow, VARIANTS } from "../curve.js";
+import { accuracy, count, describeSpec, h, message, progressBar, statusBadge, TERMINAL } from "../dom.js";
+
+const RESULTS = [
+  ["final validation accuracy", "final_val_accuracy", accuracy],
+  ["test accuracy (population statistics)", "test_accuracy", accuracy],
+  ["test accuracy with batch statistics", "test_accuracy_batch_stats", accuracy],
+  ["steps to 0.90 validation accuracy", "steps_to_90", reached],
+  ["steps to 0.95 validation accuracy", "steps_to_95", reached],
+  ["diverged at step", "diverged_at_step", (step, done) => (step == null && done ? "no" : count(step))],
+];
+
+function reached(step, done) {
+  return step == null && done ? "not reached" : count(step);
+}
+
+export async function experimentView(root, signal, id) {
+  let experiment = await get(`/experiments/${id}`);
+  if (signal.aborted) return; // the user has gone elsewhere meanwhile
+  const head = h("div", { class: "head" });
+  const notes = h("div");
+  const progress = h("div");
+  const results = h("div");
+  const after = h("div");
+  const chartBox = h("div", { class: "chart", "data-testid": "curve" });
+  root.replaceChildren(
+    head,
+    notes,
+    progress,
+    h("section", {}, h("h2", {}, "Validation accuracy"), chartBox),
+    h("section", {}, h("h2", {}, "Results"), results),
+    after,
+  );
+  const chart = new CurveChart(chartBox);
+  signal.addEventListener("abort", () => chart.destroy());
+  // The curve as drawn, for the curious and for the browser test.
+  window.bnlab = { chart };
+
+  let trouble = null;
+  let finishedShown = false;
+  const show = (latest) => {
+    experiment = latest;
+    chart.setTotal(experiment.progress.total || experiment.spec.training_batches);
+    head.replaceChildren(...headView(experiment, show));
+    notes.replaceChildren(...notesView(experiment, trouble));
+    progress.replaceChildren(progressBar(experiment.progress));
+    results.replaceChildren(resultsTable(experiment));
+    if (TERMINAL.includes(experiment.status) && !finishedShown) {
+      finishedShown = true;
+      showFinished(after, experiment, signal);
+    }
+  };
+  show(experiment);
+  if (TERMINAL.includes(experiment.status)) {
+    chart.replace((await get(`/experiments/${id}/curve`)).series);
+    return;
+  }
+  after.replaceChildren(message("info", "The nets answer predictions once the experiment has succeeded."));
+  await follow(
+    id,
+    {
+      onCurve: (series) => chart.replace(series),
+      onPoint: (variant, step, value) => chart.add(variant, step, value),
+      onProgress: ({ status, ...rest }) =>
+        show({
+          ...experiment,
+          status: status || experiment.status,
+          progress: { ...experiment.progress, ...rest },
+        }),
+      onExperiment: show,
+      onTrouble: (text) => {
+        trouble = text;
+        notes.replaceChildren(...notesView(experiment, trouble));
+      },
+    },
+    signal,
+  );
+}
+
+function headView(experiment, show) {
+  const cancel = async (event) => {
+    event.target.disabled = true;
+    try {
+      show(await post(`/experiments/${experiment.id}/cancel`));
+    } catch (error) {
+      event.target.replaceWith(message("error", error.message));
+    }
+  };
+  const cancellable = !TERMINAL.includes(experiment.status) && !experiment.cancel_requested;
+  return [
+    h("h1", {}, `Experiment ${experiment.id} `, statusBadge(experiment.status)),
+    h(
+      "p",
+      { class: "spec" },
+      describeSpec(experiment.spec),
+      experiment.sweep_id
+        ? h("a", { href: `#/sweeps/${experiment.sweep_id}` }, ` · sweep ${experiment.sweep_id}`)
+        : null,
+      cancellable ? h("button", { type: "button", class: "secondary", onclick: cancel }, "Cancel") : null,
+    ),
+    h("details", {}, h("summary", {}, "Full spec"), h("pre", {}, JSON.stringify(experiment.spec, null, 2))),
+  ];
+}
+
+function notesView(experiment, trouble) {
+  const notes = [];
+  if (experiment.status === "failed") {
+    notes.push(
+      h(
+        "div",
+        { class: "message error", "data-testid": "error" },
+        h("strong", {}, "Failed: "),
+        experiment.error || "the worker gave no reason",
+      ),
+    );
+  }
+  if (experiment.cancel_requested && !TERMINAL.includes(experiment.status)) {
+    notes.push(message("info", "Cancel requested: it stops at its next sample point."));
+  }
+  if (experiment.notice) notes.push(message("warning", experiment.notice));
+  if (trouble) notes.push(message("warning", trouble));
+  return notes;
+}
+
+function resultsTable(experiment) {
+  // "not reached" and "no" only once there is a whole run to say it of.
+  const done = experiment.status === "succeeded";
+  const rows = RESULTS.map(([label, key, format]) =>
+    h(
+      "tr",
+      { "data-result": key },
+      h("th", {}, label),
+      ...VARIANTS.map((variant) =>
+        h("td", { "data-variant": variant }, format(experiment.results[variant]?.[key], done)),
+      ),
+    ),
+  );
+  return h(
+    "table",
+    { class: "results", "data-testid": "results" },
+    h(
+      "thead",
+      {},
+      h("tr", {}, h("th", {}), h("th", { class: "plain" }, "plain"), h("th", { class: "bn" }, "bn")),
+    ),
+    h("tbody", {}, rows),
+  );
+}
+
+async function showFinished(after, experiment, signal) {
+  const parts = [];
+  if (experiment.status === "succeeded") parts.push(collapseDemo(experiment.id));
+  else parts.push(message("info", `No trained nets to ask: the experiment ${experiment.status}.`));
+  after.replaceChildren(...parts);
+  // Activation percentiles, plotted by the service, when it recorded any; nothing shows otherwise.
+  const stats = await get(`/experiments/${experiment.id}/activations`).catch(() => null);
+  const recorded = Object.values(stats?.variants || {}).some((layers) => layers.length);
+  if (!recorded || signal.aborted) return;
+  const plot = await imageUrl(`/experiments/${experiment.id}/activations.png`);
+  if (plot && !signal.aborted) {
+    after.prepend(
+      h(
+        "section",
+        { "data-testid": "activations" },
+        h("h2", {}, "Activations (percentiles per hidden layer)"),
+        h("img", { src: plot, alt: "activation percentiles of the plain and bn nets", class: "plot" }),
+      ),
+    );
+  }
+}

@@ -1,0 +1,174 @@
+// Experiments, newest first, and sweeps, each with status and progress; refreshed every few
+// seconds so running ones move.
+
+import { ApiError, get } from "../api.js";
+import { sleep } from "../curve.js";
+import { accuracy, count, describeSpec, h, message, statusBadge } from "../dom.js";
+
+const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
+const PAGE = 50;
+const REFRESH_MS = 2000;
+
+export async function listView(root, signal) {
+  const state = { status: "", offset: 0 };
+  const experiments = h("div");
+  const sweeps = h("div");
+  const filter = h(
+    "select",
+    {
+      "aria-label": "status",
+      onchange: () => ((state.status = filter.value), (state.offset = 0), refresh()),
+    },
+    h("option", { value: "" }, "any status"),
+    STATUSES.map((status) => h("option", { value: status }, status)),
+  );
+  root.replaceChildren(
+    h("h1", {}, "Experiments"),
+    h("p", { class: "toolbar" }, h("a", { class: "button", href: "#/new" }, "New experiment"), filter),
+    experiments,
+    h("h2", {}, "Sweeps"),
+    sweeps,
+  );
+
+  let sweepList = true; // until the service shows it has no GET /sweeps
+  const refresh = async () => {
+    try {
+      const query = new URLSearchParams({ limit: PAGE, offset: state.offset });
+      if (state.status) query.set("status", state.status);
+      const page = await get(`/experiments?${query}`);
+      if (signal.aborted) return;
+      experiments.replaceChildren(experimentsTable(page, state, refresh));
+      let listed = null;
+      if (sweepList) {
+        try {
+          listed = await get("/sweeps");
+        } catch (error) {
+          if (!(error instanceof ApiError && (error.missingRoute || error.status === 405))) throw error;
+          sweepList = false;
+        }
+      }
+      if (!signal.aborted) sweeps.replaceChildren(...sweepsView(listed, page.items));
+    } catch (error) {
+      if (!signal.aborted) experiments.replaceChildren(message("error", error.message));
+    }
+  };
+  while (!signal.aborted) {
+    await refresh();
+    await sleep(REFRESH_MS, signal);
+  }
+}
+
+function experimentsTable(page, state, refresh) {
+  if (!page.total) {
+    return message("info", "No experiments yet: start one with “New experiment”.");
+  }
+  const rows = page.items.map((e) =>
+    h(
+      "tr",
+      { "data-experiment": e.id },
+      h("td", {}, h("a", { href: `#/experiments/${e.id}` }, `#${e.id}`)),
+      h("td", {}, statusBadge(e.status)),
+      h("td", {}, h("a", { href: `#/experiments/${e.id}` }, describeSpec(e.spec))),
+      h("td", {}, progressCell(e)),
+      h("td", { class: "number" }, accuracy(e.results.plain?.test_accuracy)),
+      h("td", { class: "number" }, accuracy(e.results.bn?.test_accuracy)),
+      h("td", { class: "muted" }, new Date(e.created_at).toLocaleString()),
+    ),
+  );
+  const move = (offset) => () => {
+    state.offset = Math.max(0, offset);
+    refresh();
+  };
+  const last = Math.min(page.offset + page.items.length, page.total);
+  return h(
+    "div",
+    {},
+    h(
+      "table",
+      { class: "list", "data-testid": "experiments" },
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          ["", "status", "experiment", "progress", "plain test acc", "bn test acc", "created"].map((t) =>
+            h("th", {}, t),
+          ),
+        ),
+      ),
+      h("tbody", {}, rows),
+    ),
+    h(
+      "p",
+      { class: "muted pager" },
+      `${page.offset + 1}–${last} of ${page.total} `,
+      page.offset > 0
+        ? h("button", { type: "button", class: "secondary", onclick: move(page.offset - PAGE) }, "newer")
+        : null,
+      last < page.total
+        ? h("button", { type: "button", class: "secondary", onclick: move(page.offset + PAGE) }, "older")
+        : null,
+    ),
+  );
+}
+
+function progressCell(experiment) {
+  const { step, total } = experiment.progress;
+  const text = experiment.status === "failed" ? "failed" : `${count(step)} / ${count(total)}`;
+  return h("span", { class: "mini-progress" }, h("progress", { max: total || 1, value: step || 0 }), text);
+}
+
+// Sweeps from GET /sweeps where the service lists them, else those the listed experiments name.
+function sweepsView(listed, experiments) {
+  const items = Array.isArray(listed) ? listed : listed?.items;
+  const open = h(
+    "form",
+    {
+      class: "inline",
+      onsubmit: (event) => {
+        event.preventDefault();
+        location.hash = `#/sweeps/${event.target.elements.sweep.value}`;
+      },
+    },
+    h("label", {}, "Open sweep ", h("input", { name: "sweep", type: "number", min: 1, required: true })),
+    h("button", { type: "submit", class: "secondary" }, "Go"),
+  );
+  if (items?.length) {
+    const rows = items.map((sweep) =>
+      h(
+        "tr",
+        {},
+        h("td", {}, h("a", { href: `#/sweeps/${sweep.id}` }, `sweep #${sweep.id}`)),
+        h("td", {}, sweep.status ? statusBadge(sweep.status) : ""),
+        h("td", {}, sweepProgress(sweep)),
+      ),
+    );
+    return [h("table", { class: "list", "data-testid": "sweeps" }, h("tbody", {}, rows)), open];
+  }
+  const byId = new Map();
+  for (const e of experiments) {
+    if (e.sweep_id) byId.set(e.sweep_id, [...(byId.get(e.sweep_id) || []), e]);
+  }
+  if (!byId.size) return [h("p", { class: "muted" }, "No sweeps among these experiments."), open];
+  const rows = [...byId].map(([id, members]) => {
+    const done = members.filter((e) => e.status === "succeeded").length;
+    return h(
+      "tr",
+      {},
+      h("td", {}, h("a", { href: `#/sweeps/${id}` }, `sweep #${id}`)),
+      h("td", {}, `${done} of ${members.length} listed experiments succeeded`),
+    );
+  });
+  return [h("table", { class: "list", "data-testid": "sweeps" }, h("tbody", {}, rows)), open];
+}
+
+function sweepProgress(sweep) {
+  const counts = sweep.counts || sweep.progress;
+  if (counts && typeof counts === "object") {
+    return Object.entries(counts)
+      .map(([key, value]) => `${key} ${value}`)
+      .join(" · ");
+  }
+  return "";
+}

@@ -1,0 +1,86 @@
+"""A sweep's curves as one PNG: a small plot per cell, both variants in each, titled with the
+cell's values. Matplotlib's object API only, as in bnlab/api/plotting.py (thread-safe)."""
+
+import io
+import json
+import math
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from bnlab.api.plotting import COLORS, LABELS
+from bnlab.store.tables import CurvePoint, Experiment
+
+PANEL_INCHES = (2.8, 2.1)
+DPI = 80
+TITLE_WIDTH = 34  # characters per title line on a panel
+FIELD_NAMES = {
+    "activation": "",
+    "learning_rate": "lr ",
+    "use_bad_weights": "",
+    "training_batches": "",
+    "batches_per_sample": "every ",
+    "seed": "seed ",
+}
+
+
+def sweep_png(
+    cells: Sequence[Experiment],
+    curves: dict[int, dict[str, list[CurvePoint]]],
+    varying: list[str],
+) -> bytes:
+    columns = max(1, math.ceil(math.sqrt(len(cells))))
+    rows = max(1, math.ceil(len(cells) / columns))
+    figure = Figure(
+        figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows + 0.5),
+        dpi=DPI,
+        layout="constrained",
+    )
+    grid = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    for index, axes in enumerate(grid.flat):
+        if index >= len(cells):
+            axes.set_axis_off()
+            continue
+        cell = cells[index]
+        for variant, points in curves.get(cell.id, {}).items():
+            axes.plot(
+                [p.step for p in points],
+                [p.val_accuracy for p in points],
+                color=COLORS[variant],
+                label=LABELS[variant],
+                linewidth=1.2,
+            )
+        axes.set_ylim(0, 1)
+        axes.set_xlim(0, cell.spec.get("training_batches") or None)
+        axes.grid(True, alpha=0.3)
+        axes.tick_params(labelsize=7)
+        axes.xaxis.get_offset_text().set_fontsize(7)
+        title = textwrap.fill(f"#{cell.id} {label(cell.spec, varying)}", TITLE_WIDTH)
+        axes.set_title(title, fontsize=8)
+        if cell.status != "succeeded":
+            axes.text(0.5, 0.5, cell.status, transform=axes.transAxes, ha="center", alpha=0.5)
+    handles = [grid.flat[0].plot([], [], color=COLORS[v], label=LABELS[v])[0] for v in COLORS]
+    figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
+    figure.supylabel("validation accuracy", fontsize=9)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def label(spec: dict[str, Any], varying: list[str]) -> str:
+    """The cell's values of the varying fields, short: "relu, lr 1, bad init, 2,000"."""
+    parts = []
+    for name in varying:
+        value = spec.get(name)
+        if name == "use_bad_weights":
+            parts.append("bad init" if value else "good init")
+        elif name == "training_batches" and isinstance(value, int):
+            parts.append(f"{value:,} batches")
+        elif name in FIELD_NAMES:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            parts.append(f"{FIELD_NAMES[name]}{shown}")
+        else:
+            parts.append(f"{name} {json.dumps(value)}")
+    return ", ".join(parts)

@@ -1,0 +1,274 @@
+"""A sweep's report: per cell (or per cell over its seeds), how each variant did, and whether BN
+helped. The same rows as JSON, CSV and Markdown.
+
+Cells that differ only in their seed share a row: means, sample standard deviations and the
+fraction of seeds that reached 0.90, per variant; the study's "BN does not always work" as
+numbers. Only succeeded cells are summarized; a report of a running sweep says `complete: false`.
+"""
+
+import csv
+import io
+import json
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from bnlab.api.sweeps.schemas import ReportRow, SweepReport, VariantSummary, Verdict
+from bnlab.store.queries import TERMINAL, run_of
+from bnlab.store.tables import STATUSES, Experiment, Run, Sweep
+from bnlab.sweeps import varying_fields
+
+VARIANTS = ("plain", "bn")
+SUMMARY_FIELDS = tuple(VariantSummary.model_fields)
+
+
+def build(sweep: Sweep, tolerance: float) -> SweepReport:
+    experiments = list(sweep.experiments)
+    columns = [f for f in varying_fields([e.spec for e in experiments]) if f != "seed"]
+    rows: dict[str, list[Experiment]] = {}
+    for experiment in experiments:
+        key = json.dumps([experiment.spec.get(column) for column in columns])
+        rows.setdefault(key, []).append(experiment)
+    return SweepReport(
+        sweep_id=sweep.id,
+        complete=all(e.status in TERMINAL for e in experiments),
+        counts=status_counts(experiments),  # type: ignore[arg-type]
+        columns=columns,
+        tolerance=tolerance,
+        rows=[_row(cells, columns, tolerance) for cells in rows.values()],
+    )
+
+
+def status_counts(experiments: Sequence[Experiment]) -> dict[str, int]:
+    counts = dict.fromkeys(STATUSES, 0)
+    for experiment in experiments:
+        counts[experiment.status] += 1
+    return counts
+
+
+def _row(cells: list[Experiment], columns: list[str], tolerance: float) -> ReportRow:
+    done = [cell for cell in cells if cell.status == "succeeded"]
+    plain = summarize([run_of(cell, "plain") for cell in done])
+    bn = summarize([run_of(cell, "bn") for cell in done])
+    gain, verdict = compare(plain, bn, tolerance) if done else (None, None)
+    return ReportRow(
+        values={column: cells[0].spec.get(column) for column in columns},
+        experiment_ids=[cell.id for cell in cells],
+        seeds=[cell.spec.get("seed", 0) for cell in cells],
+        done=len(done),
+        plain=plain,
+        bn=bn,
+        test_accuracy_gain=gain,
+        verdict=verdict,
+        speedup_90=_speedup(plain.steps_to_90, bn.steps_to_90),
+    )
+
+
+def summarize(runs: Sequence[Run]) -> VariantSummary:
+    """One variant over the seeds of a row (its succeeded cells)."""
+    if not runs:
+        return VariantSummary()
+    # A diverged net has no final or test accuracy: the means are over the nets that trained,
+    # and `diverged` says how many did not.
+    finals = [r.final_val_accuracy for r in runs if r.final_val_accuracy is not None]
+    tests = [r.test_accuracy for r in runs if r.test_accuracy is not None]
+    diverged = [r.diverged_at_step for r in runs if r.diverged_at_step is not None]
+    return VariantSummary(
+        final_val_accuracy=_mean(finals),
+        final_val_accuracy_std=_std(finals),
+        test_accuracy=_mean(tests),
+        test_accuracy_std=_std(tests),
+        steps_to_90=_mean([r.steps_to_90 for r in runs if r.steps_to_90 is not None]),
+        steps_to_95=_mean([r.steps_to_95 for r in runs if r.steps_to_95 is not None]),
+        reached_90=sum(r.steps_to_90 is not None for r in runs) / len(runs),
+        diverged_at_step=min(diverged) if diverged else None,
+        diverged=len(diverged) / len(runs),
+    )
+
+
+def compare(
+    plain: VariantSummary, bn: VariantSummary, tolerance: float
+) -> tuple[float | None, Verdict]:
+    """bn's mean test accuracy minus plain's, and the verdict it gives at `tolerance`."""
+    if plain.test_accuracy is None or bn.test_accuracy is None:
+        # Every seed's net diverged on one side (or both): the one that trained wins.
+        if plain.test_accuracy is not None:
+            return None, "BN worse"
+        return None, "BN better" if bn.test_accuracy is not None else "same"
+    # Rounded: test accuracies are multiples of 1/10,000, and 0.98 - 0.97 must be "same" at 0.01.
+    gain = round(bn.test_accuracy - plain.test_accuracy, 9)
+    if abs(gain) <= tolerance:
+        return gain, "same"
+    return gain, "BN better" if gain > 0 else "BN worse"
+
+
+def _mean(values: Sequence[float | int]) -> float | None:
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else statistics.fmean(values)
+
+
+def _std(values: Sequence[float]) -> float | None:
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def _speedup(plain_steps: float | None, bn_steps: float | None) -> float | None:
+    if plain_steps is None or not bn_steps:
+        return None
+    return plain_steps / bn_steps
+
+
+# CSV: one flat line per row, the same numbers as the JSON.
+
+
+def to_csv(report: SweepReport) -> str:
+    header = [
+        *report.columns,
+        "seeds",
+        "done",
+        *(f"{variant}_{name}" for variant in VARIANTS for name in SUMMARY_FIELDS),
+        "test_accuracy_gain",
+        "verdict",
+        "speedup_90",
+        "tolerance",
+        "experiment_ids",
+        "complete",
+    ]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for row in report.rows:
+        summaries = (getattr(row, variant) for variant in VARIANTS)
+        writer.writerow(
+            [
+                *(_text(row.values[column]) for column in report.columns),
+                ";".join(map(str, row.seeds)),
+                row.done,
+                *(_text(getattr(s, name)) for s in summaries for name in SUMMARY_FIELDS),
+                _text(row.test_accuracy_gain),
+                row.verdict or "",
+                _text(row.speedup_90),
+                report.tolerance,
+                ";".join(map(str, row.experiment_ids)),
+                _text(report.complete),
+            ]
+        )
+    return out.getvalue()
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+# Markdown: the table a person reads, numbers rounded.
+
+
+def to_markdown(report: SweepReport) -> str:
+    several = any(len(row.seeds) > 1 for row in report.rows)
+    done = report.counts["succeeded"]
+    total = sum(report.counts.values())
+    state = "complete" if report.complete else "still running: what is done so far"
+    lines = [
+        f"# Sweep {report.sweep_id}: with and without batch normalization",
+        "",
+        f"{done} of {total} cells succeeded ({state}).{_others(report.counts)}",
+        "",
+        _legend(report.tolerance, several),
+        "",
+    ]
+    header = [
+        *report.columns,
+        *(["seeds"] if several else []),
+        "plain test",
+        "BN test",
+        "plain val",
+        "BN val",
+        "plain →0.90",
+        "BN →0.90",
+        "plain →0.95",
+        "BN →0.95",
+        "diverged (plain / BN)",
+        "verdict",
+        "speed-up",
+    ]
+    lines += [_md_line(header), _md_line(["---"] * len(header))]
+    for row in report.rows:
+        lines.append(_md_line(_md_cells(row, report.columns, several)))
+    return "\n".join(lines) + "\n"
+
+
+def _legend(tolerance: float, several: bool) -> str:
+    over_seeds = " (mean ± sd over the seeds)" if several else ""
+    how_many = " (mean over the seeds that got there; how many did)" if several else ""
+    return (
+        f"*test*: test accuracy with population statistics{over_seeds}; *val*: final "
+        f"validation accuracy; *→0.90*, *→0.95*: steps until validation accuracy reached "
+        f"it{how_many}; *verdict*: BN's test accuracy against plain's, `same` within "
+        f"±{tolerance:g}; *speed-up*: plain's steps to 0.90 over BN's."
+    )
+
+
+def _others(counts: dict[str, int]) -> str:
+    others = [f"{n} {status}" for status, n in counts.items() if n and status != "succeeded"]
+    return f" Others: {', '.join(others)}." if others else ""
+
+
+def _md_cells(row: ReportRow, columns: list[str], several: bool) -> list[str]:
+    cells = [_text(row.values[column]) for column in columns]
+    if several:
+        cells.append(f"{row.done}/{len(row.seeds)}")
+    pending = row.done == 0
+    for name in ("test_accuracy", "final_val_accuracy"):
+        for variant in (row.plain, row.bn):
+            cells.append("…" if pending else _md_accuracy(variant, name, several))
+    for steps, reached in (("steps_to_90", "reached_90"), ("steps_to_95", None)):
+        for variant in (row.plain, row.bn):
+            cells.append("…" if pending else _md_steps(variant, steps, reached, row, several))
+    cells.append(
+        "…" if pending else f"{_md_diverged(row.plain, row)} / {_md_diverged(row.bn, row)}"
+    )
+    cells.append(row.verdict or "…")
+    cells.append("…" if pending else _md_speedup(row))
+    return cells
+
+
+def _md_accuracy(summary: VariantSummary, name: str, several: bool) -> str:
+    mean, std = getattr(summary, name), getattr(summary, f"{name}_std")
+    if mean is None:
+        return "diverged"
+    return f"{mean:.3f} ± {std:.3f}" if several and std is not None else f"{mean:.3f}"
+
+
+def _md_steps(
+    summary: VariantSummary, name: str, reached: str | None, row: ReportRow, several: bool
+) -> str:
+    steps = getattr(summary, name)
+    text = "never" if steps is None else f"{steps:,.0f}"
+    if several and reached is not None and summary.reached_90 is not None:
+        text += f" ({round(summary.reached_90 * row.done)}/{row.done})"
+    return text
+
+
+def _md_diverged(summary: VariantSummary, row: ReportRow) -> str:
+    if not summary.diverged:
+        return "no"
+    if row.done == 1:
+        return f"at {summary.diverged_at_step:,}"
+    return f"{round(summary.diverged * row.done)}/{row.done}"
+
+
+def _md_speedup(row: ReportRow) -> str:
+    if row.speedup_90 is not None:
+        return f"{row.speedup_90:.1f}x"
+    plain, bn = row.plain.steps_to_90, row.bn.steps_to_90
+    if bn is not None and plain is None:
+        return "only BN reached 0.90"
+    if plain is not None and bn is None:
+        return "only plain reached 0.90"
+    return "neither reached 0.90"
+
+
+def _md_line(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"

@@ -1,0 +1,102 @@
+"""What /sweeps returns, as pydantic models (the OpenAPI document is made from these).
+
+The request body, `SweepRequest`, lives in `bnlab.sweeps` with the grid's expansion."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from bnlab.api.schemas import Progress, Status
+
+Verdict = Literal["BN better", "same", "BN worse"]
+
+
+class SweepCell(BaseModel):
+    """One cell: an ordinary experiment, also listed under /experiments."""
+
+    id: int
+    url: str = Field(description="The experiment's URL: its curve, results and checkpoints.")
+    status: Status
+    values: dict[str, Any] = Field(description="The cell's values of the sweep's varying fields.")
+    progress: Progress
+    error: str | None
+
+
+class SweepProgress(BaseModel):
+    steps_done: int = Field(description="Training steps done, summed over the cells.")
+    steps_total: int
+    fraction: float
+
+
+class SweepOut(BaseModel):
+    id: int
+    status: Status = Field(
+        description="queued or running until every cell has finished; then succeeded when all "
+        "cells did, else failed (if any failed) or cancelled."
+    )
+    spec: dict[str, Any] = Field(description="The sweep as posted.")
+    created_at: datetime
+    cancel_requested: bool
+    varying: list[str] = Field(description="The experiment fields whose value differs by cell.")
+    counts: dict[Status, int] = Field(description="Cells per status.")
+    progress: SweepProgress
+    cells: list[SweepCell]
+    notice: str | None = Field(
+        description="Something a person should do, e.g. start a worker for the cells' queue."
+    )
+
+
+class VariantSummary(BaseModel):
+    """One variant (plain or bn) over the row's finished seeds. With one seed the values are
+    that experiment's; with several, means, sample standard deviations and fractions."""
+
+    final_val_accuracy: float | None = Field(
+        None, description="Mean over the seeds whose net did not diverge."
+    )
+    final_val_accuracy_std: float | None = Field(None, description="Null with fewer than 2.")
+    test_accuracy: float | None = Field(
+        None, description="Mean over the seeds whose net did not diverge."
+    )
+    test_accuracy_std: float | None = Field(None, description="Null with fewer than 2.")
+    steps_to_90: int | float | None = Field(
+        None, description="Steps to 0.90 validation accuracy: mean over the seeds that got there."
+    )
+    steps_to_95: int | float | None = Field(None, description="The same for 0.95.")
+    reached_90: float | None = Field(
+        None, description="Fraction of seeds whose net reached 0.90 validation accuracy."
+    )
+    diverged_at_step: int | None = Field(
+        None, description="The step its loss turned non-finite (the earliest over the seeds)."
+    )
+    diverged: float | None = Field(None, description="Fraction of seeds whose net diverged.")
+
+
+class ReportRow(BaseModel):
+    values: dict[str, Any] = Field(description="The row's values of the varying fields.")
+    experiment_ids: list[int] = Field(description="Its cells: one per seed.")
+    seeds: list[int]
+    done: int = Field(description="How many of its cells have succeeded (and are summarized).")
+    plain: VariantSummary
+    bn: VariantSummary
+    test_accuracy_gain: float | None = Field(
+        None, description="bn's mean test accuracy minus plain's (a net that diverged has none)."
+    )
+    verdict: Verdict | None = Field(
+        None,
+        description="By test accuracy: `same` within the report's tolerance; a variant whose "
+        "nets all diverged loses to one that trained. Null until a cell is done.",
+    )
+    speedup_90: float | None = Field(
+        None,
+        description="plain's steps to 0.90 divided by bn's; null unless both got there.",
+    )
+
+
+class SweepReport(BaseModel):
+    sweep_id: int
+    complete: bool = Field(description="False while cells are still queued or running.")
+    counts: dict[Status, int] = Field(description="Cells per status.")
+    columns: list[str] = Field(description="The varying fields, as in each row's `values`.")
+    tolerance: float = Field(description="Test-accuracy difference still called `same`.")
+    rows: list[ReportRow] = Field(description="One per cell, or per cell over its seeds.")

@@ -1,0 +1,298 @@
+"""`bnlab experiment run | list | show | curve | cancel`: paired experiments over HTTP."""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from bnlab.client import DEFAULT_URL, Client
+from bnlab.commands.common import (
+    Activation,
+    Dataset,
+    Device,
+    Json,
+    Status,
+    Token,
+    Url,
+    Variant,
+    connect,
+    console,
+    errors,
+    number,
+    percent,
+    print_json,
+    reports_errors,
+)
+from bnlab.commands.watch import updates, watch
+
+app = typer.Typer(help="Run and inspect paired experiments (plain vs bn).", no_args_is_help=True)
+
+ExperimentId = Annotated[
+    int, typer.Argument(min=1, help="The experiment's id.", show_default=False)
+]
+
+
+def _widths(text: str | None) -> list[int] | None:
+    """'100,100,100' as [100, 100, 100]; '' as [] (no conv layers)."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: give whole numbers separated by commas") from None
+
+
+@app.command()
+@reports_errors
+def run(
+    activation: Annotated[Activation, typer.Option(help="The hidden layers' nonlinearity.")] = (
+        Activation.relu
+    ),
+    learning_rate: Annotated[float, typer.Option(help="Plain SGD step size.")] = 0.01,
+    bad_weights: Annotated[
+        bool, typer.Option("--bad-weights", help="The study's bad initial weights (std 5.0).")
+    ] = False,
+    weight_std: Annotated[
+        float | None, typer.Option(help="Any std for the initial weights instead.")
+    ] = None,
+    dataset: Annotated[Dataset, typer.Option(help="What the nets learn.")] = Dataset.mnist,
+    training_batches: Annotated[
+        int | None, typer.Option(help="Training steps (server default: 50,000).")
+    ] = None,
+    batches_per_sample: Annotated[
+        int | None, typer.Option(help="Validation accuracy every N steps (default: 500).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Mini-batch size (default: 60).")] = None,
+    hidden_layers: Annotated[
+        str | None, typer.Option(help="Hidden widths, e.g. 100,100,100 (the default).")
+    ] = None,
+    conv_channels: Annotated[
+        str | None, typer.Option(help="Conv layers before the MLP head, e.g. 8,16.")
+    ] = None,
+    validation_size: Annotated[
+        int | None, typer.Option(help="Held-out training images (default: 5,000).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Initial weights and batch order.")] = None,
+    device: Annotated[Device, typer.Option(help="Which queue trains it.")] = Device.cpu,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow it live to the end, then show the results.")
+    ] = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    json: Json = False,
+) -> None:
+    """Queue an experiment: a plain and a bn net, same initial weights, same batches.
+
+    With --wait, follow it live and exit non-zero unless it succeeds.
+    """
+    spec: dict[str, Any] = {
+        "activation": activation.value,
+        "learning_rate": learning_rate,
+        "use_bad_weights": bad_weights,
+        "weight_std": weight_std,
+        "dataset": dataset.value,
+        "training_batches": training_batches,
+        "batches_per_sample": batches_per_sample,
+        "batch_size": batch_size,
+        "hidden_layers": _widths(hidden_layers),
+        "conv_channels": _widths(conv_channels),
+        "validation_size": validation_size,
+        "seed": seed,
+        "device": device.value,
+    }
+    # Options left out take the server's defaults (the study's).
+    spec = {key: value for key, value in spec.items() if value is not None}
+    with connect(url, token) as client:
+        experiment = client.post("/experiments", spec)
+        if not wait:
+            _say_queued(experiment, json)
+            return
+        if json:
+            experiment = _wait_quietly(client, experiment["id"])
+            print_json(experiment)
+        else:
+            console.print(
+                f"experiment {experiment['id']} queued; following it (Ctrl-C stops "
+                "following, not the experiment)"
+            )
+            experiment = watch(client, experiment, console)
+            _show_results(experiment)
+    _exit_unless_succeeded(experiment)
+
+
+def _say_queued(experiment: dict[str, Any], json: bool) -> None:
+    if json:
+        print_json(experiment)
+        return
+    console.print(f"experiment {experiment['id']} queued")
+    if experiment.get("notice"):
+        errors.print(f"note: {experiment['notice']}", markup=False)
+
+
+def _wait_quietly(client: Client, experiment_id: int) -> dict[str, Any]:
+    for update in updates(client, experiment_id):
+        if update.finished is not None:
+            return update.finished
+    raise AssertionError("unreachable: updates() ends with the finished experiment")
+
+
+def _exit_unless_succeeded(experiment: dict[str, Any]) -> None:
+    if experiment["status"] == Status.succeeded:
+        return
+    reason = f": {experiment['error']}" if experiment.get("error") else ""
+    errors.print(
+        f"bnlab: experiment {experiment['id']} {experiment['status']}{reason}", markup=False
+    )
+    raise typer.Exit(1)
+
+
+@app.command("list")
+@reports_errors
+def list_experiments(
+    status: Annotated[Status | None, typer.Option(help="Only those with this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="At most this many.")] = 50,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    json: Json = False,
+) -> None:
+    """Experiments, newest first."""
+    with connect(url, token) as client:
+        page = client.get("/experiments", status=status and status.value, limit=limit)
+    if json:
+        print_json(page)
+        return
+    table = Table("id", "status", "activation", "lr", "init", "steps", "plain test", "bn test")
+    for experiment in page["items"]:
+        spec, progress, results = experiment["spec"], experiment["progress"], experiment["results"]
+        table.add_row(
+            str(experiment["id"]),
+            experiment["status"],
+            str(spec.get("activation", "?")),
+            str(spec.get("learning_rate", "?")),
+            _init(spec),
+            f"{progress['step']}/{progress['total']}",
+            percent(results["plain"]["test_accuracy"]),
+            percent(results["bn"]["test_accuracy"]),
+        )
+    console.print(table)
+    console.print(f"{len(page['items'])} of {page['total']}")
+
+
+def _init(spec: dict[str, Any]) -> str:
+    if spec.get("weight_std") is not None:
+        return f"std {spec['weight_std']}"
+    return "bad" if spec.get("use_bad_weights") else "good"
+
+
+@app.command()
+@reports_errors
+def show(
+    experiment_id: ExperimentId, url: Url = DEFAULT_URL, token: Token = None, json: Json = False
+) -> None:
+    """An experiment's spec, progress and results."""
+    with connect(url, token) as client:
+        experiment = client.get(f"/experiments/{experiment_id}")
+    if json:
+        print_json(experiment)
+        return
+    spec, progress = experiment["spec"], experiment["progress"]
+    console.print(
+        f"experiment {experiment['id']}: [bold]{experiment['status']}[/bold]  "
+        f"{spec.get('dataset')}, {spec.get('activation')}, lr {spec.get('learning_rate')}, "
+        f"{_init(spec)} initial weights, step {progress['step']}/{progress['total']}"
+    )
+    if experiment.get("error"):
+        console.print(f"error: {experiment['error']}", markup=False)
+    if experiment.get("notice"):
+        console.print(f"note: {experiment['notice']}", markup=False)
+    _show_results(experiment, titled=False)
+
+
+def _show_results(experiment: dict[str, Any], titled: bool = True) -> None:
+    title = f"experiment {experiment['id']}: {experiment['status']}" if titled else None
+    table = Table(
+        "variant",
+        "final val acc",
+        "test acc",
+        "test acc, batch stats",
+        "steps to 90%",
+        "steps to 95%",
+        "diverged at",
+        title=title,
+    )
+    for variant in Variant:
+        results = experiment["results"][variant.value]
+        table.add_row(
+            variant.value,
+            percent(results["final_val_accuracy"]),
+            percent(results["test_accuracy"]),
+            percent(results["test_accuracy_batch_stats"]),
+            number(results["steps_to_90"]),
+            number(results["steps_to_95"]),
+            number(results["diverged_at_step"]),
+        )
+    console.print(table)
+
+
+@app.command()
+@reports_errors
+def curve(
+    experiment_id: ExperimentId,
+    png: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="Also save the plotted curve to FILE.")
+    ] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    json: Json = False,
+) -> None:
+    """Validation accuracy (and training loss) of both variants per sample point."""
+    with connect(url, token) as client:
+        series = client.get(f"/experiments/{experiment_id}/curve")["series"]
+        if png is not None:
+            image = client.request("GET", f"/experiments/{experiment_id}/curve.png").content
+            png.write_bytes(image)
+    if json:
+        print_json({"series": series})
+    else:
+        _show_curve(series)
+    if png is not None:
+        errors.print(f"wrote {png}", markup=False)
+
+
+def _show_curve(series: dict[str, Any]) -> None:
+    table = Table("step", "plain val acc", "bn val acc", "plain loss", "bn loss")
+    # step -> (validation accuracy, training loss), per variant
+    columns = {
+        variant: {
+            step: (accuracy, loss)
+            for step, accuracy, loss in zip(
+                values["step"], values["val_accuracy"], values["train_loss"], strict=True
+            )
+        }
+        for variant, values in series.items()
+    }
+    steps = sorted({step for values in columns.values() for step in values})
+    for step in steps:
+        plain = columns["plain"].get(step, (None, None))
+        bn = columns["bn"].get(step, (None, None))
+        table.add_row(
+            str(step), percent(plain[0]), percent(bn[0]), number(plain[1], 3), number(bn[1], 3)
+        )
+    console.print(table)
+
+
+@app.command()
+@reports_errors
+def cancel(
+    experiment_id: ExperimentId, url: Url = DEFAULT_URL, token: Token = None, json: Json = False
+) -> None:
+    """Cancel a queued experiment, or stop a running one at its next sample point."""
+    with connect(url, token) as client:
+        experiment = client.post(f"/experiments/{experiment_id}/cancel")
+    if json:
+        print_json(experiment)
+    elif experiment["status"] == Status.cancelled:
+        console.print(f"experiment {experiment_id} cancelled")
+    else:
+        console.print(f"experiment {experiment_id} stops at its next sample point")

@@ -1,0 +1,110 @@
+"""`bnlab predict IMAGE` and `bnlab collapse ID`: asking a trained net, one image at a time."""
+
+import mimetypes
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bnlab.client import DEFAULT_URL
+from bnlab.commands.common import (
+    Json,
+    Mode,
+    Token,
+    Url,
+    Variant,
+    connect,
+    console,
+    percent,
+    print_json,
+    reports_errors,
+)
+
+MODE_WORDS = {
+    Mode.population: "population statistics",
+    Mode.batch: "the statistics of this one image",
+    Mode.fused: "population statistics folded into the weights",
+}
+
+
+@reports_errors
+def predict(
+    image: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, readable=True, help="A PNG or JPEG of a digit."
+        ),
+    ],
+    experiment: Annotated[
+        int, typer.Option(min=1, help="A succeeded experiment's id.", show_default=False)
+    ],
+    variant: Annotated[Variant, typer.Option(help="Which net of the pair answers.")] = Variant.bn,
+    mode: Annotated[Mode, typer.Option(help="BN's statistics.")] = Mode.population,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    json: Json = False,
+) -> None:
+    """Classify one image with a trained net, BN using population or batch statistics."""
+    content_type = mimetypes.guess_type(image.name)[0] or "application/octet-stream"
+    with connect(url, token) as client:
+        answer = client.request(
+            "POST",
+            "/predict",
+            params={"experiment_id": experiment, "variant": variant.value, "mode": mode.value},
+            files={"image": (image.name, image.read_bytes(), content_type)},
+        ).json()
+    if json:
+        print_json(answer)
+        return
+    probabilities = answer["probabilities"]
+    console.print(
+        f"[bold]{answer['prediction']}[/bold] ({percent(probabilities[answer['prediction']])}) "
+        f"from the {variant.value} net of experiment {experiment}, "
+        + (MODE_WORDS[mode] if answer.get("mode_applies", True) else "which has no BN")
+    )
+    ranked = sorted(range(len(probabilities)), key=probabilities.__getitem__, reverse=True)
+    table = Table("class", "probability")
+    for digit in ranked[:3]:
+        table.add_row(str(digit), percent(probabilities[digit]))
+    console.print(table)
+
+
+@reports_errors
+def collapse(
+    experiment_id: Annotated[
+        int, typer.Argument(min=1, help="A succeeded experiment's id.", show_default=False)
+    ],
+    n: Annotated[int, typer.Option(min=1, help="How many test images, from the first.")] = 200,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    json: Json = False,
+) -> None:
+    """The collapse: the bn net on single images, population vs batch statistics.
+
+    With the statistics of one image, every BN output equals beta: every image gets the same
+    class. The whole test set in large batches shows it is about batch size.
+    """
+    with connect(url, token) as client:
+        result = client.request(
+            "POST", f"/experiments/{experiment_id}/collapse", params={"n": n}
+        ).json()
+    if json:
+        print_json(result)
+        return
+    console.print(
+        f"experiment {result['experiment_id']}, {result['variant']} net (checkpoint "
+        f"v{result['checkpoint_version']}): the first {result['n']} test images, one at a time"
+    )
+    table = Table("BN statistics", "accuracy", "classes given")
+    for mode, answers in result["one_at_a_time"].items():
+        given = sorted(set(answers["predictions"]))
+        classes = f"all {given[0]}" if len(given) == 1 else f"{len(given)} different"
+        table.add_row(MODE_WORDS.get(mode, mode), percent(answers["accuracy"]), classes)
+    console.print(table)
+    whole = result["whole_test_set"]
+    console.print(
+        f"the whole test set ({whole['images']} images) in batches of {whole['batch_size']}: "
+        f"population {percent(whole['population_accuracy'])}, "
+        f"batch {percent(whole['batch_accuracy'])}"
+    )

@@ -1,0 +1,159 @@
+"""Leases with fencing tokens and the reaper's queries, on SQLite and PostgreSQL alike."""
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bnlab.store import leases, queries
+from bnlab.store.db import make_sessionmaker
+from bnlab.store.leases import Lease, LeaseLost
+from bnlab.store.migrate import upgrade
+from bnlab.store.retry import in_transaction
+from bnlab.store.tables import Experiment, utc_now
+
+SPEC = {"activation": "relu"}
+
+
+@pytest.fixture
+def sessions(database_url: str) -> sessionmaker[Session]:
+    upgrade(database_url)
+    return make_sessionmaker(database_url)
+
+
+@pytest.fixture
+def experiment_id(sessions: sessionmaker[Session]) -> Iterator[int]:
+    with sessions() as session:
+        experiment = queries.create_experiment(session, SPEC, "cpu", 100)
+        session.commit()
+        yield experiment.id
+
+
+def now_minus(seconds: float) -> datetime:
+    return utc_now() - timedelta(seconds=seconds)
+
+
+def claim(
+    sessions: sessionmaker[Session], experiment_id: int, worker: str, stale: float = 10
+) -> Lease | None:
+    with sessions() as session:
+        lease = leases.claim(session, experiment_id, worker, now_minus(stale))
+        session.commit()
+        return lease
+
+
+def set_row(sessions: sessionmaker[Session], experiment_id: int, **values: object) -> None:
+    with sessions() as session:
+        session.execute(update(Experiment).where(Experiment.id == experiment_id).values(**values))
+        session.commit()
+
+
+def row(sessions: sessionmaker[Session], experiment_id: int) -> Experiment:
+    with sessions() as session:
+        experiment = session.get(Experiment, experiment_id)
+        assert experiment is not None
+        return experiment
+
+
+def test_one_claim_wins_and_a_live_lease_is_not_taken(
+    sessions: sessionmaker[Session], experiment_id: int
+) -> None:
+    first = claim(sessions, experiment_id, "worker-a")
+    assert first is not None and first.token == 1
+    assert claim(sessions, experiment_id, "worker-b") is None  # a duplicate delivery
+    stored = row(sessions, experiment_id)
+    assert (stored.status, stored.worker, stored.lease_token) == ("running", "worker-a", 1)
+    assert stored.started_at is not None
+
+
+def test_a_stale_lease_is_taken_and_its_holder_can_no_longer_write(
+    sessions: sessionmaker[Session], experiment_id: int
+) -> None:
+    old = claim(sessions, experiment_id, "worker-a")
+    assert old is not None
+    set_row(sessions, experiment_id, heartbeat_at=now_minus(60))
+    new = claim(sessions, experiment_id, "worker-b")
+    assert new is not None and new.token == old.token + 1
+    with sessions() as session, pytest.raises(LeaseLost):
+        leases.hold(session, old)
+    with sessions() as session:
+        assert leases.hold(session, new) is False
+
+
+def test_hold_reports_a_cancel_and_finished_experiments_are_never_claimed(
+    sessions: sessionmaker[Session], experiment_id: int
+) -> None:
+    lease = claim(sessions, experiment_id, "worker-a")
+    assert lease is not None
+    set_row(sessions, experiment_id, cancel_requested=True)
+    with sessions() as session:
+        assert leases.hold(session, lease) is True
+    set_row(sessions, experiment_id, status="cancelled", heartbeat_at=now_minus(60))
+    assert claim(sessions, experiment_id, "worker-b") is None
+
+
+def test_hand_back_queues_it_again_and_revokes_the_lease(
+    sessions: sessionmaker[Session], experiment_id: int
+) -> None:
+    lease = claim(sessions, experiment_id, "worker-a")
+    assert lease is not None
+    with sessions() as session:
+        leases.hand_back(session, lease)
+        session.commit()
+    assert (row(sessions, experiment_id).status, row(sessions, experiment_id).worker) == (
+        "queued",
+        None,
+    )
+    with sessions() as session, pytest.raises(LeaseLost):
+        leases.hold(session, lease)
+    assert claim(sessions, experiment_id, "worker-b") is not None
+
+
+def test_reaper_queries_requeue_dead_jobs_and_forgotten_messages_once(
+    sessions: sessionmaker[Session], experiment_id: int
+) -> None:
+    lease = claim(sessions, experiment_id, "worker-a")
+    assert lease is not None
+    with sessions() as session:
+        assert leases.requeue_stale(session, "cpu", now_minus(10)) == []  # alive
+    set_row(sessions, experiment_id, heartbeat_at=now_minus(60))
+    with sessions() as session:
+        assert leases.requeue_stale(session, "cpu", now_minus(10)) == [experiment_id]
+        assert leases.requeue_stale(session, "cpu", now_minus(10)) == []  # only once
+        session.commit()
+    assert row(sessions, experiment_id).status == "queued"
+
+    with sessions() as session:  # it was queued again just now: not forgotten yet
+        assert leases.requeue_forgotten(session, "cpu", now_minus(10)) == []
+    set_row(sessions, experiment_id, heartbeat_at=now_minus(60))
+    with sessions() as session:
+        assert leases.requeue_forgotten(session, "gpu", now_minus(10)) == []
+        assert leases.requeue_forgotten(session, "cpu", now_minus(10)) == [experiment_id]
+        assert leases.requeue_forgotten(session, "cpu", now_minus(10)) == []
+
+
+def test_retry_reruns_a_transaction_on_a_lost_connection_but_not_on_an_integrity_error(
+    sessions: sessionmaker[Session],
+) -> None:
+    calls: list[int] = []
+
+    def flaky(session: Session) -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+        return "done"
+
+    assert in_transaction(sessions, flaky, budget_seconds=10) == "done"
+    assert len(calls) == 3
+
+    def duplicate(session: Session) -> None:
+        calls.append(1)
+        raise IntegrityError("INSERT", {}, Exception("duplicate key"))
+
+    calls.clear()
+    with pytest.raises(IntegrityError):
+        in_transaction(sessions, duplicate, budget_seconds=10)
+    assert len(calls) == 1
