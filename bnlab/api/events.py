@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from bnlab.api.routes.sweeps import present
 from bnlab.api.schemas import ExperimentOut
+from bnlab.api.sweeps.schemas import SweepOut
 from bnlab.api.workers import notices
 from bnlab.settings import Settings
 from bnlab.store import queries
@@ -111,7 +112,7 @@ async def experiment_events(
 @dataclass(frozen=True)
 class SweepPoll:
     cells: list[dict[str, Any]]
-    finished: Any  # the sweep as GET /sweeps/{id} returns it, once every cell has ended
+    finished: SweepOut | None  # as GET /sweeps/{id} returns it, once every cell has ended
 
 
 def poll_sweep(

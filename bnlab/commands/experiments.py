@@ -116,6 +116,8 @@ def run(
                 f"experiment {experiment['id']} queued; following it (Ctrl-C stops "
                 "following, not the experiment)"
             )
+            if experiment.get("notice"):
+                errors.print(f"note: {experiment['notice']}", markup=False)
             experiment = watch(client, experiment, console)
             _show_results(experiment)
     _exit_unless_succeeded(experiment)

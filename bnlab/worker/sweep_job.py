@@ -163,19 +163,11 @@ class SweepGroupJob:
     def _resume(self, trainer: Trainer) -> None:
         """Continue from the cells' state files when all of them are at one sample point; else
         start over (a cell resumed alone, or a group that died while saving)."""
-        states = [load_state(c.state_path) for c in self.active if c.state_path.exists()]
-        steps = {int(meta["step"]) for _, meta in states}
-        if len(states) < len(self.active) or len(steps) != 1:
+        paths = {cell.name: cell.state_path for cell in self.active}
+        if not all(path.exists() for path in paths.values()):
             return
-        tensors: dict[str, Tensor] = {}
-        diverged_at: dict[str, int] = {}
-        for cell, (cell_tensors, meta) in zip(self.active, states, strict=True):
-            for key, tensor in cell_tensors.items():
-                variant, name = key.split("/", 1)
-                tensors[f"{net_label(cell.name, variant)}/{name}"] = tensor  # type: ignore[arg-type]
-            for variant, step in meta["diverged_at"].items():
-                diverged_at[net_label(cell.name, variant)] = int(step)
-        trainer.restore(tensors, {"step": steps.pop(), "diverged_at": diverged_at})
+        if not restore_cells(trainer, {name: load_state(path) for name, path in paths.items()}):
+            return
         for cell in self.active:
             cell._write(lambda session, c=cell: c._forget_after(session, trainer.step))
         log.info("sweep group %s resumes at step %d", self._ids(), trainer.step)
@@ -247,6 +239,24 @@ class SweepGroupJob:
     def _fail(self, reason: str) -> None:
         for cell in self.active:
             cell._fail(reason)
+
+
+def restore_cells(trainer: Trainer, states: dict[str, tuple[dict[str, Tensor], dict]]) -> bool:
+    """Restore a stacked trainer from its cells' states (`CellView.state()`, by cell name);
+    False, leaving it untouched, unless they are all at one step."""
+    steps = {int(meta["step"]) for _, meta in states.values()}
+    if len(steps) != 1:
+        return False
+    tensors: dict[str, Tensor] = {}
+    diverged_at: dict[str, int] = {}
+    for cell, (cell_tensors, meta) in states.items():
+        for key, tensor in cell_tensors.items():
+            variant, name = key.split("/", 1)
+            tensors[f"{net_label(cell, variant)}/{name}"] = tensor  # type: ignore[arg-type]
+        for variant, step in meta["diverged_at"].items():
+            diverged_at[net_label(cell, variant)] = int(step)
+    trainer.restore(tensors, {"step": steps.pop(), "diverged_at": diverged_at})
+    return True
 
 
 def _cell_sample(sample: Sample, cell: str) -> Sample:

@@ -1,4 +1,5 @@
-"""Idempotency-Key on POST /experiments: a retry gets the first answer, not a second experiment."""
+"""Idempotency-Key on POST /experiments and /sweeps: a retry gets the first answer, not a second
+one."""
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
 from bnlab.store import queries
 from bnlab.store.db import make_sessionmaker
-from bnlab.store.tables import Experiment
+from bnlab.store.tables import Experiment, Sweep
 from tests.api.conftest import make_settings
 from tests.api.test_experiments import queued_messages
 
@@ -152,3 +153,40 @@ def test_a_key_whose_experiment_could_not_be_queued_can_be_used_again(
     assert retry.json()["status"] == "queued"
     assert "idempotent-replayed" not in retry.headers
     assert count_experiments(session) == 2  # the failed one stays, marked failed
+
+
+# --- /sweeps: the same helper ----------------------------------------------------------------
+
+SWEEP = {
+    "grid": {"seed": [0, 1], "learning_rate": [0.01, 1.0]},
+    "base": {"training_batches": 200, "batches_per_sample": 50},
+}
+
+
+def post_sweep(client: TestClient, body: dict[str, Any], key: str) -> Any:
+    return client.post("/sweeps", json=body, headers={"Idempotency-Key": key})
+
+
+def test_a_sweep_retried_with_the_same_key_is_made_once(
+    client: TestClient, session: Session
+) -> None:
+    first = post_sweep(client, SWEEP, "sweep-once")
+    again = post_sweep(client, SWEEP, "sweep-once")
+
+    assert first.status_code == again.status_code == 202, first.text
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["location"] == first.headers["location"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert session.scalar(select(func.count()).select_from(Sweep)) == 1
+    assert count_experiments(session) == 4  # its four cells, once
+
+
+def test_a_sweep_key_reused_with_another_grid_is_422(client: TestClient, session: Session) -> None:
+    first = post_sweep(client, SWEEP, "sweep-key").json()
+    other = {**SWEEP, "grid": {"seed": [0, 1, 2]}}
+
+    response = post_sweep(client, other, "sweep-key")
+
+    assert response.status_code == 422
+    assert f"already used for sweep {first['id']}" in response.json()["detail"]
+    assert session.scalar(select(func.count()).select_from(Sweep)) == 1

@@ -83,7 +83,7 @@ def save_screenshot(page: "Page", path: Path) -> None:
     page.screenshot(path=str(path), full_page=True)
     # As a palette PNG the README's copy is a third of the size, and looks the same.
     image = Image.open(path).convert("RGB")
-    image.quantize(colors=96, dither=Image.Dither.NONE).save(path, optimize=True)
+    image.quantize(colors=256, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 def test_experiment_from_the_form_draws_its_curve_and_shows_the_collapse(

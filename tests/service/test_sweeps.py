@@ -3,6 +3,7 @@ as batched groups, read back as ordinary experiments, reported as JSON, CSV, Mar
 a cell cancelled inside a running group, and a whole sweep cancelled."""
 
 import csv
+import signal
 import io
 import time
 
@@ -129,3 +130,31 @@ def test_cancelling_a_sweep_stops_every_cell(service: Service) -> None:
     assert [cell["status"] for cell in sweep["cells"]] == ["cancelled", "cancelled"]
     report = service.client.get(f"/sweeps/{sweep_id}/report").json()
     assert report["complete"] is True and all(row["verdict"] is None for row in report["rows"])
+
+
+def test_sigterm_hands_a_group_back_and_the_next_worker_resumes_it_as_one(
+    service: Service,
+) -> None:
+    """Last in this module: it replaces the module's worker."""
+    spec = {**SMALL, "training_batches": 600, "batches_per_sample": 20}
+    body = {"grid": {"learning_rate": [0.05, 0.1]}, "base": spec}
+    sweep_id = service.client.post("/sweeps", json=body).json()["id"]
+    wait_for_sweep(
+        service, sweep_id, lambda s: all(c["progress"]["step"] >= 100 for c in s["cells"])
+    )
+    worker = service.processes["worker-cpu"]
+
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=120) == 0
+    handed_back = service.client.get(f"/sweeps/{sweep_id}").json()
+    assert [cell["status"] for cell in handed_back["cells"]] == ["queued", "queued"]
+    (step,) = {cell["progress"]["step"] for cell in handed_back["cells"]}
+    assert 100 <= step < 600
+
+    service.start_worker("cpu", name="worker-next")
+    sweep = wait_for_sweep(service, sweep_id, finished)
+    assert sweep["status"] == "succeeded", sweep
+    assert f"resumes at step {step}" in service.log("worker-next")
+    for cell in sweep["cells"]:
+        series = service.client.get(f"{cell['url']}/curve").json()["series"]
+        assert series["plain"]["step"] == series["bn"]["step"] == list(range(0, 601, 20))

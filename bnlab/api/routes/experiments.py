@@ -66,7 +66,7 @@ def create_experiment(
         Experiment,
         idempotency_key,
         create=lambda: submit.submit_experiment(session, broker, spec, idempotency_key),
-        same=lambda earlier: earlier.spec == spec.model_dump(),
+        same=lambda earlier: earlier.spec == spec.model_dump(mode="json"),
         what="experiment",
     )
     if replayed:

@@ -6,8 +6,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from sqlalchemy.orm import Session
 
+from bnlab.api import idempotency
 from bnlab.api.content import JSON_ONLY
 from bnlab.api.deps import BrokerDep, SessionDep, SettingsDep
+from bnlab.api.idempotency import IdempotencyKey
 from bnlab.api.schemas import MAX_ID, Message, Progress
 from bnlab.api.sweeps import plots, report
 from bnlab.api.sweeps.schemas import SweepCell, SweepOut, SweepProgress, SweepReport
@@ -44,7 +46,15 @@ SweepDep = Annotated[Sweep, Depends(get_sweep)]
     status_code=202,
     dependencies=[JSON_ONLY],
     responses={
-        202: {"headers": {"Location": {"description": "The sweep's URL."}}},
+        202: {
+            "headers": {
+                "Location": {"description": "The sweep's URL."},
+                idempotency.REPLAYED_HEADER: {
+                    "description": "`true` when an earlier request with this Idempotency-Key "
+                    "made the sweep."
+                },
+            }
+        },
         415: {"model": Message, "description": "The body is not JSON."},
         422: {"description": "Unknown fields, empty value lists, too many cells, a bad value."},
         503: {"model": Message, "description": "Stored, but the broker did not take its jobs."},
@@ -56,6 +66,7 @@ def create_sweep(
     broker: BrokerDep,
     settings: SettingsDep,
     response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> SweepOut:
     """Queue every cell of a grid (or of the classic study) as an ordinary experiment. Cells that
     share an architecture, activation and batch order train as one batched model on one worker;
@@ -64,9 +75,16 @@ def create_sweep(
         specs = expand(body, settings.max_sweep_cells)
     except SweepRejected as error:
         raise HTTPException(422, str(error)) from None
-    # Idempotency-Key goes here: pass the header's key to submit_sweep (it stores it with the
-    # sweep, and frees it when the broker refuses the jobs), through bnlab/api/idempotency.py.
-    sweep = submit_sweep(session, broker, settings, body, specs)
+    sweep, replayed = idempotency.once(
+        session,
+        Sweep,
+        idempotency_key,
+        create=lambda: submit_sweep(session, broker, settings, body, specs, idempotency_key),
+        same=lambda earlier: earlier.spec == body.model_dump(mode="json"),
+        what="sweep",
+    )
+    if replayed:
+        idempotency.mark_replayed(response)
     response.headers["Location"] = f"/sweeps/{sweep.id}"
     return _present(session, settings, sweep.id)
 

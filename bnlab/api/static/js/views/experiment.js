@@ -163,7 +163,7 @@ async function showFinished(after, experiment, signal) {
   if (!recorded || signal.aborted) return;
   const plot = await imageUrl(`/experiments/${experiment.id}/activations.png`);
   if (plot && !signal.aborted) {
-    after.prepend(
+    after.append(
       h(
         "section",
         { "data-testid": "activations" },
