@@ -131,14 +131,17 @@ def _units(z: Tensor, n_nets: int) -> Tensor:
 
 def _percentiles(values: Tensor) -> Tensor:
     """`PERCENTILES` of each row of `values` (net, n), interpolated linearly between order
-    statistics as `torch.quantile` does (which refuses inputs over 16M values); float64."""
+    statistics as `torch.quantile` does (which refuses inputs over 16M values); float64. The
+    order statistics come from `kthvalue`, a selection: a sort of the row costs 4x as much."""
     n = values.shape[1]
     if n > MAX_VALUES:
         values = values[:, torch.linspace(0, n - 1, MAX_VALUES, device=values.device).long()]
         n = MAX_VALUES
-    ordered = values.double().sort(dim=1).values
-    position = torch.tensor(PERCENTILES, dtype=torch.float64, device=values.device) * (n - 1)
-    low = position.floor().long()
-    high = position.ceil().long()
-    weight = position - low
-    return ordered[:, low] * (1 - weight) + ordered[:, high] * weight
+    columns = []
+    for fraction in PERCENTILES:
+        position = fraction * (n - 1)
+        low, weight = int(position), position - int(position)
+        below = values.kthvalue(low + 1, dim=1).values.double()
+        above = values.kthvalue(low + 2, dim=1).values.double() if weight else below
+        columns.append(below + (above - below) * weight)
+    return torch.stack(columns, dim=1)

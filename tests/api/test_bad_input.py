@@ -347,3 +347,20 @@ def test_a_checkpoint_changed_on_disk_is_not_downloaded(
     assert "changed on disk" in response.json()["detail"]
     assert str(tmp_path) not in response.text
     assert client.get(f"/experiments/{experiment.id}/checkpoints/plain").status_code == 200
+
+
+# --- found by test_schemathesis.py -----------------------------------------------------------
+
+
+def test_a_recalibrated_checkpoint_can_be_recalibrated_again(
+    settings: Settings, session: Session, tmp_path: Path, idx_data_dir: Path
+) -> None:
+    # Was a 500: the recalibrated checkpoint's metadata already named its source version.
+    experiment = add_experiment(session, status="succeeded", validation_size=200)
+    add_checkpoints(session, experiment, tmp_path / "checkpoints")
+    app = create_app(Settings(**(settings.model_dump() | {"data_dir": idx_data_dir})))
+    with TestClient(app) as client:
+        first = client.post(f"/experiments/{experiment.id}/recalibrate")
+        again = client.post(f"/experiments/{experiment.id}/recalibrate")  # from the latest
+    assert first.status_code == again.status_code == 201, again.text
+    assert (again.json()["from_version"], again.json()["version"]) == (2, 3)

@@ -22,6 +22,7 @@ from bnlab.api.main import create_app
 from bnlab.store.db import make_engine, make_sessionmaker
 from bnlab.store.migrate import upgrade
 from tests.api.conftest import add_checkpoints, add_experiment, make_settings
+from tests.idx import write_idx_dataset
 
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "25"))
 # The event stream of a queued experiment lasts until it finishes, and nothing runs here.
@@ -30,15 +31,18 @@ STREAMING = r"/events$"
 
 def served_app() -> tuple[FastAPI, Path]:
     """The app on a fresh migrated SQLite file, with experiment 1 succeeded and served, so that
-    /predict and the downloads can answer 200 too. Made at import: schemathesis reads the
-    OpenAPI document to generate the tests (its fixture-based loader breaks on pytest 9)."""
+    /predict, the downloads and the study's demos can answer 200 too. Made at import:
+    schemathesis reads the OpenAPI document to generate the tests (its fixture-based loader
+    breaks on pytest 9)."""
     folder = Path(tempfile.mkdtemp(prefix="bnlab-schemathesis-"))
     url = f"sqlite:///{folder / 'bnlab.db'}"
     upgrade(url)
     with make_sessionmaker(url)() as session:
-        served = add_experiment(session, status="succeeded")
+        served = add_experiment(session, status="succeeded", validation_size=200)
         add_checkpoints(session, served, folder / "checkpoints")
-    return create_app(make_settings(folder, url)), folder
+    # The study's endpoints read the experiment's dataset: a small one, on disk.
+    data = write_idx_dataset(folder / "data")
+    return create_app(make_settings(folder, url, data_dir=data)), folder
 
 
 APP, FOLDER = served_app()

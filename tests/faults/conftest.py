@@ -183,12 +183,13 @@ def start_service(
 ) -> Iterator[StartService]:
     """`start_service(workers=1, **settings)`: the service on this test's stack with
     FAULT_SETTINGS and `settings` (BNLAB_* by their lower-case names); stopped at the end."""
+    if stack == "redis-postgres":  # set up first, so they are stopped after the service
+        postgres: PostgresServer = request.getfixturevalue("private_postgres")
+        redis: RedisServer = request.getfixturevalue("private_redis")
     with ExitStack() as cleanup:
 
         def start(workers: int = 1, **settings: str) -> Service:
             if stack == "redis-postgres":
-                postgres: PostgresServer = request.getfixturevalue("private_postgres")
-                redis: RedisServer = request.getfixturevalue("private_redis")
                 settings = {
                     "database_url": postgres.create_database(),
                     "broker_url": redis.url,

@@ -19,6 +19,7 @@ from tests.faults.conftest import (
     finished,
     kill_tree,
 )
+from tests.service.conftest import Service
 
 pytestmark = pytest.mark.service
 
@@ -26,8 +27,26 @@ pytestmark = pytest.mark.service
 def test_killed_worker_s_job_resumes_on_a_new_worker_and_ends_as_if_never_killed(
     start_service: StartService, idx_data_dir: Path
 ) -> None:
-    service = start_service()
-    experiment_id = service.client.post("/experiments", json=SPEC).json()["id"]
+    experiment = kill_mid_job_and_resume(start_service(), SPEC, idx_data_dir)
+    assert experiment["results"]["plain"]["diverged_at_step"] is None
+
+
+@pytest.mark.parametrize("stack", ["embedded"])
+def test_a_diverged_net_stays_diverged_across_a_kill_and_the_job_succeeds(
+    start_service: StartService, idx_data_dir: Path
+) -> None:
+    # The study's "bad" weights at learning rate 2: the plain net blows up in a few steps and
+    # is frozen; the resumed job must restore it frozen (NaNs and all), not fail.
+    diverging = {**SPEC, "use_bad_weights": True, "learning_rate": 2.0}
+    experiment = kill_mid_job_and_resume(start_service(), diverging, idx_data_dir)
+    plain, bn = experiment["results"]["plain"], experiment["results"]["bn"]
+    assert 0 < plain["diverged_at_step"] < 200 and plain["test_accuracy"] is None
+    assert bn["diverged_at_step"] is None and bn["test_accuracy"] is not None
+
+
+def kill_mid_job_and_resume(service: Service, spec: dict, idx_data_dir: Path) -> dict:
+    """SIGKILL the worker at step 200 or later, start another; check what a user would."""
+    experiment_id = service.client.post("/experiments", json=spec).json()["id"]
     at_kill = service.wait_for(experiment_id, lambda e: e["progress"]["step"] >= 200)
     assert at_kill["status"] == "running"
 
@@ -40,6 +59,7 @@ def test_killed_worker_s_job_resumes_on_a_new_worker_and_ends_as_if_never_killed
     assert resumed, service.log_tail()
     # From the last sample point before the kill (its state file may lag its row by one),
     # not from scratch.
-    assert int(resumed.group(1)) >= at_kill["progress"]["step"] - SPEC["batches_per_sample"]
-    assert_complete_curve(service, experiment_id, SPEC)
-    assert_same_weights(service, experiment_id, SPEC, idx_data_dir)
+    assert int(resumed.group(1)) >= at_kill["progress"]["step"] - spec["batches_per_sample"]
+    assert_complete_curve(service, experiment_id, spec)
+    assert_same_weights(service, experiment_id, spec, idx_data_dir)
+    return experiment

@@ -1,10 +1,11 @@
 """Sweeps end to end, on both stacks: a grid posted over HTTP, its cells trained by a real worker
 as batched groups, read back as ordinary experiments, reported as JSON, CSV, Markdown and PNG;
-a cell cancelled inside a running group, and a whole sweep cancelled."""
+a cell cancelled inside a running group, a whole sweep cancelled, and a group handed back by a
+worker that shuts down and resumed by the next one."""
 
 import csv
-import signal
 import io
+import signal
 import time
 
 import pytest

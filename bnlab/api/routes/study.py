@@ -250,14 +250,13 @@ def recalibrate_bn(
     # A name of its own: two recalibrations at once must not write the same file.
     path = Path(checkpoint.path).parent / f"{variant}-recalibrated-{uuid4().hex[:12]}.safetensors"
     kept = {key: value for key, value in meta.items() if key not in WRITTEN_BY_SAVE}
+    # Merged, not passed side by side: a recalibrated checkpoint's metadata already holds these.
+    provenance = {
+        "recalibrated_from_version": checkpoint.version,
+        "recalibration_images": len(splits.train),
+    }
     sha256, size = save_net(
-        path,
-        recalibrated.net_state(0),
-        variant=variant,
-        arch=stack.arch,
-        **kept,
-        recalibrated_from_version=checkpoint.version,
-        recalibration_images=len(splits.train),
+        path, recalibrated.net_state(0), variant=variant, arch=stack.arch, **(kept | provenance)
     )
     run = queries.run_of(experiment, variant)
     added = queries.add_checkpoint(
