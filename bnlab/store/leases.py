@@ -97,7 +97,19 @@ def hand_back(session: Session, lease: Lease) -> None:
 
 def requeue_stale(session: Session, queue: str, stale_before: datetime) -> list[int]:
     """Experiments on `queue` running on a worker that stopped heart-beating: back to queued
-    (which also revokes their lease: `hold` wants `running`). Returns their ids."""
+    (which also revokes their lease: `hold` wants `running`), or cancelled if a cancel was
+    asked for meanwhile. Returns the ids of those queued again."""
+    session.execute(
+        update(Experiment)
+        .where(
+            Experiment.queue == queue,
+            Experiment.status == "running",
+            Experiment.cancel_requested.is_(True),
+            _stale(stale_before),
+        )
+        .values(status="cancelled", worker=None, finished_at=utc_now())
+        .execution_options(synchronize_session=False)
+    )
     return list(
         session.scalars(
             update(Experiment)

@@ -1,8 +1,8 @@
 """One experiment, run by a worker: claim it, train the pair, write what a user reads.
 
-SQL gets a write per sample point (curve points, layer statistics, progress) and at the end (results,
-checkpoints). The trainer's whole state is saved at every sample point too, so a job delivered
-again after its worker died resumes from there instead of starting over.
+SQL gets a write per sample point (curve points, layer statistics, progress) and at the end
+(results, checkpoints). The trainer's whole state is saved at every sample point too, so a job
+delivered again after its worker died resumes from there instead of starting over.
 
 The job owns the experiment through a lease (bnlab/store/leases.py): every write renews it in
 the same transaction, and fails with `LeaseLost` when another worker took the experiment over;
@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -91,6 +92,7 @@ class ExperimentJob:
                 self._fail(f"internal error: {type(error).__name__}: {error}")
 
     def _claim(self) -> tuple[Lease, ExperimentSpec, str] | None:
+        """The lease, the spec and the queue; None if the job is not this delivery's to run."""
         stale_before = utc_now() - timedelta(seconds=self.settings.lease_timeout)
 
         def claim(session: Session) -> tuple[Lease, ExperimentSpec, str] | str:
@@ -99,17 +101,20 @@ class ExperimentJob:
             if experiment is None:
                 return "it does not exist (deleted?)"
             if lease is None:
-                return f"it is {experiment.status} (worker {experiment.worker})"
-            spec = ExperimentSpec.model_validate(experiment.spec)
+                status, worker = experiment.status, experiment.worker
+                return f"it is {status} (worker {worker}); this delivery is a duplicate"
+            try:
+                spec = ExperimentSpec.model_validate(experiment.spec)
+            except ValidationError as error:
+                # Failed now, with the reason: else every worker the reaper hands it to crashes.
+                experiment.status, experiment.finished_at = "failed", utc_now()
+                experiment.error = f"its stored spec is not valid for this bnlab: {error}"
+                return "its stored spec is not valid; it failed"
             return lease, spec, experiment.queue
 
         claimed = in_transaction(self.sessions, claim, self.settings.database_retry_seconds)
         if isinstance(claimed, str):
-            log.info(
-                "experiment %s not taken: %s; this delivery is a duplicate",
-                self.experiment_id,
-                claimed,
-            )
+            log.info("experiment %s not taken: %s", self.experiment_id, claimed)
             return None
         log.info("experiment %s taken with lease %d", self.experiment_id, claimed[0].token)
         return claimed

@@ -7,6 +7,7 @@ import threading
 from datetime import timedelta
 
 from celery import Task
+from celery.exceptions import Reject
 from celery.signals import (
     worker_process_init,
     worker_ready,
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 @celery_app.task(name=RUN_EXPERIMENT, bind=True)
 def run_experiment(self: Task, experiment_id: int) -> None:
+    refuse_while_shutting_down()
     ExperimentJob(
         experiment_id,
         get_settings(),
@@ -46,6 +48,7 @@ def run_experiment(self: Task, experiment_id: int) -> None:
 
 @celery_app.task(name=RUN_SWEEP_GROUP, bind=True)
 def run_sweep_group(self: Task, experiment_ids: list[int]) -> None:
+    refuse_while_shutting_down()
     SweepGroupJob(
         experiment_ids,
         get_settings(),
@@ -53,6 +56,14 @@ def run_sweep_group(self: Task, experiment_ids: list[int]) -> None:
         shutting_down=shutdown.requested,
         hand_back=enqueue_sweep_group,
     ).run()
+
+
+def refuse_while_shutting_down() -> None:
+    """A worker in its warm shutdown may still be handed a message (the file broker keeps
+    delivering until the worker stops consuming), even the one a job handed back a moment ago:
+    it goes back to the queue untouched, for the next worker."""
+    if shutdown.requested():
+        raise Reject("this worker is shutting down", requeue=True)
 
 
 @worker_shutting_down.connect

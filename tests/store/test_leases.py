@@ -135,6 +135,17 @@ def test_reaper_queries_requeue_dead_jobs_and_forgotten_messages_once(
         assert leases.requeue_forgotten(session, "cpu", now_minus(10)) == []
 
 
+def test_a_dead_job_that_was_asked_to_cancel_is_cancelled_not_queued_again(
+    sessions: sessionmaker[Session], experiment_id: int
+) -> None:
+    assert claim(sessions, experiment_id, "worker-a") is not None
+    set_row(sessions, experiment_id, cancel_requested=True, heartbeat_at=now_minus(60))
+    with sessions() as session:
+        assert leases.requeue_stale(session, "cpu", now_minus(10)) == []
+        session.commit()
+    assert row(sessions, experiment_id).status == "cancelled"
+
+
 def test_retry_reruns_a_transaction_on_a_lost_connection_but_not_on_an_integrity_error(
     sessions: sessionmaker[Session],
 ) -> None:

@@ -9,12 +9,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from bnlab.api.plotting import COLORS, LABELS
 from bnlab.store.tables import CurvePoint, Experiment
 
 PANEL_INCHES = (2.8, 2.1)
 DPI = 80
+LEGEND_INCHES = 0.4
 TITLE_WIDTH = 34  # characters per title line on a panel
 FIELD_NAMES = {
     "activation": "",
@@ -33,12 +35,20 @@ def sweep_png(
 ) -> bytes:
     columns = max(1, math.ceil(math.sqrt(len(cells))))
     rows = max(1, math.ceil(len(cells) / columns))
-    figure = Figure(
-        figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows + 0.5),
-        dpi=DPI,
-        layout="constrained",
+    width, height = PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows + LEGEND_INCHES
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    # Margins in inches, made fractions: a fixed layout, as matplotlib's constrained one takes
+    # over a minute for 256 panels.
+    figure.subplots_adjust(
+        left=0.5 / width,
+        right=1 - 0.15 / width,
+        bottom=(LEGEND_INCHES + 0.2) / height,
+        top=1 - 0.45 / height,
+        wspace=0.25,
+        hspace=0.55 * PANEL_INCHES[1] / (PANEL_INCHES[1] - 0.55),
     )
-    grid = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    # Not sharey: sharing makes every set_ylim visit every panel, quadratic in the cells.
+    grid = figure.subplots(rows, columns, squeeze=False)
     for index, axes in enumerate(grid.flat):
         if index >= len(cells):
             axes.set_axis_off()
@@ -53,17 +63,20 @@ def sweep_png(
                 linewidth=1.2,
             )
         axes.set_ylim(0, 1)
+        if index % columns:
+            axes.tick_params(labelleft=False)
         axes.set_xlim(0, cell.spec.get("training_batches") or None)
         axes.grid(True, alpha=0.3)
         axes.tick_params(labelsize=7)
+        axes.xaxis.set_major_locator(MaxNLocator(4, steps=[1, 2, 5, 10]))
         axes.xaxis.get_offset_text().set_fontsize(7)
         title = textwrap.fill(f"#{cell.id} {label(cell.spec, varying)}", TITLE_WIDTH)
         axes.set_title(title, fontsize=8)
         if cell.status != "succeeded":
             axes.text(0.5, 0.5, cell.status, transform=axes.transAxes, ha="center", alpha=0.5)
     handles = [grid.flat[0].plot([], [], color=COLORS[v], label=LABELS[v])[0] for v in COLORS]
-    figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
-    figure.supylabel("validation accuracy", fontsize=9)
+    figure.legend(handles=handles, loc="lower center", ncols=2, fontsize=8, frameon=False)
+    figure.supylabel("validation accuracy", fontsize=9, x=0.08 / width)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -216,7 +216,7 @@ def _others(counts: dict[str, int]) -> str:
 
 
 def _md_cells(row: ReportRow, columns: list[str], several: bool) -> list[str]:
-    cells = [_text(row.values[column]) for column in columns]
+    cells = [_md_value(row.values[column]) for column in columns]
     if several:
         cells.append(f"{row.done}/{len(row.seeds)}")
     pending = row.done == 0
@@ -232,6 +232,12 @@ def _md_cells(row: ReportRow, columns: list[str], several: bool) -> list[str]:
     cells.append(row.verdict or "…")
     cells.append("…" if pending else _md_speedup(row))
     return cells
+
+
+def _md_value(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return _text(value)
 
 
 def _md_accuracy(summary: VariantSummary, name: str, several: bool) -> str:
