@@ -4,7 +4,7 @@ The classic preset's 50,000-batch cells are 12 comparisons x 2 nets. A sweep job
 cells that share an activation as one stacked model (a `plain` lane and a `bn` lane of 6 nets
 each, bnlab/models/stacked.py); the baseline is bench/engine.py's `plain_loop`, one net at a time.
 Both run `--steps` steps per net (the study's 50,000 take long; the ratio is what counts), sampling
-validation accuracy every `steps / 100` steps, as the study's 500 in 50,000.
+validation accuracy every 500 steps as the study does, so that sampling costs the same share.
 
 Scaling: the baseline trains one plain and one bn net and is multiplied by 12 (every cell is one
 of each); plain_loop's nets are ReLU, a little cheaper than sigmoid ones, so the baseline is, if
@@ -32,6 +32,8 @@ from bnlab.models.stacked import Cell, stacked_trainer
 from bnlab.models.trainer import TrainingSpec
 from bnlab.spec import ExperimentSpec
 from bnlab.sweeps import SweepRequest, expand, groups
+
+STUDY_SAMPLE_INTERVAL = 500
 
 
 def classic_long_cells() -> list[ExperimentSpec]:
@@ -71,7 +73,8 @@ def _sync(device: torch.device) -> None:
 
 
 def compare(args: argparse.Namespace, splits: Splits) -> None:
-    steps, every = args.steps, max(1, args.steps // 100)
+    # The study's sample interval, so that validation costs the same share of each step.
+    steps, every = args.steps, min(STUDY_SAMPLE_INTERVAL, args.steps)
     spec = TrainingSpec(training_batches=steps, batches_per_sample=every)
     plain_loop(splits, False, TrainingSpec(training_batches=200, batches_per_sample=200))  # warm
     # Rounds alternate the two sides; each side keeps its quietest round (the machine is shared).

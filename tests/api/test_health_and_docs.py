@@ -112,7 +112,7 @@ def test_every_request_body_has_an_example(client: TestClient) -> None:
                 schema = _resolve(document, content.get("schema", {}))
                 has_example = "examples" in content or "example" in content or "examples" in schema
                 assert has_example, f"{method.upper()} {path} ({media_type}) shows no example"
-    assert bodies == 3  # /experiments JSON; /predict JSON and multipart
+    assert bodies == 4  # /experiments JSON; /sweeps JSON; /predict JSON and multipart
     predict = document["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert set(predict) == {"application/json", "multipart/form-data"}
     parameters = {p["name"]: p for p in document["paths"]["/predict"]["post"]["parameters"]}
