@@ -34,6 +34,11 @@ class Lease:
     token: int
     worker: str
 
+    def lost(self) -> LeaseLost:
+        return LeaseLost(
+            f"experiment {self.experiment_id}: lease {self.token} of {self.worker} was taken"
+        )
+
 
 def claim(
     session: Session, experiment_id: int, worker: str, stale_before: datetime
@@ -78,9 +83,7 @@ def hold(session: Session, lease: Lease) -> bool:
         .execution_options(synchronize_session=False)
     ).scalar_one_or_none()
     if cancel_requested is None:
-        raise LeaseLost(
-            f"experiment {lease.experiment_id}: lease {lease.token} of {lease.worker} was taken"
-        )
+        raise lease.lost()
     return cancel_requested
 
 

@@ -159,7 +159,7 @@ class ExperimentJob:
     def _stop(self, queue: str) -> None:
         """The trainer stopped early: say why in the row (or, if the lease is gone, nowhere)."""
         if self.keeper.lost.is_set():
-            raise LeaseLost(f"experiment {self.experiment_id}: lease {self.lease.token} was taken")
+            raise self.lease.lost()
         if self.keeper.cancel_requested:
             self._write(self._cancelled)
             self.state_path.unlink(missing_ok=True)  # never resumed: its curve is what stays

@@ -44,6 +44,8 @@ def test_redis_restarted_empty_mid_job_loses_no_job(
         assert_complete_curve(service, experiment_id, SPEC)
         assert_same_weights(service, experiment_id, SPEC, idx_data_dir)
     assert experiment_row(service, running)["lease_token"] == 1  # it ran on, never handed over
+    # The waiting one's message died with Redis: SQL said it still needed a worker.
+    assert f"experiment {waiting} waited" in service.log("worker-cpu")
     # The API's broker connection recovered too.
     after = service.client.post("/experiments", json={**SPEC, "training_batches": 40})
     assert after.status_code == 202, after.text
