@@ -82,6 +82,7 @@ class ExperimentOut(BaseModel):
     notice: str | None = Field(
         description="Something a person should do, e.g. start a worker for the experiment's queue."
     )
+    sweep_id: int | None = Field(None, description="The sweep it is a cell of, if any.")
 
     @classmethod
     def from_row(cls, experiment: Experiment, notice: str | None = None) -> "ExperimentOut":
@@ -104,6 +105,7 @@ class ExperimentOut(BaseModel):
             results={variant: RunResults.from_run(runs.get(variant)) for variant in VARIANTS},
             error=experiment.error,
             notice=notice,
+            sweep_id=experiment.sweep_id,
         )
 
 

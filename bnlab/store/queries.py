@@ -274,6 +274,14 @@ def get_sweep(session: Session, sweep_id: int) -> Sweep | None:
     return session.scalars(query.options(options)).one_or_none()
 
 
+def list_sweeps(session: Session, limit: int, offset: int) -> tuple[Sequence[Sweep], int]:
+    """A page of sweeps with their cells (no runs), newest first, and how many there are."""
+    total = session.scalar(select(func.count()).select_from(Sweep)) or 0
+    query = select(Sweep).options(selectinload(Sweep.experiments))
+    page = query.order_by(Sweep.id.desc()).limit(limit).offset(offset)
+    return session.scalars(page).all(), total
+
+
 def sweep_curves(session: Session, sweep_id: int) -> dict[int, dict[str, list[CurvePoint]]]:
     """Curve points per cell (experiment id) and variant, in step order: one query."""
     query = (

@@ -84,6 +84,7 @@ def test_a_grid_becomes_queued_experiments_and_one_message_per_batched_group(
     for cell in body["cells"]:
         experiment = client.get(cell["url"]).json()
         assert experiment["status"] == "queued" and experiment["spec"]["training_batches"] == 200
+        assert experiment["sweep_id"] == body["id"]
     assert {e.sweep_id for e in session.scalars(select(Experiment))} == {body["id"]}
 
     # relu cells share a batched model, so do sigmoid ones: two jobs
@@ -210,6 +211,22 @@ def test_a_grid_that_is_not_lists_is_a_422(client: TestClient) -> None:
     response = client.post("/sweeps", json={"grid": {"learning_rate": 0.1}})
     assert response.status_code == 422
     assert "valid list" in json.dumps(response.json()["detail"])
+
+
+def test_sweeps_are_listed_newest_first(client: TestClient, session: Session) -> None:
+    first = post(client, {"grid": {"learning_rate": [0.01, 0.1]}, "base": SHORT})
+    second = post(client, {"grid": {"seed": [1]}, "base": SHORT})
+    finish(session, first["cells"][0]["id"], {}, {})
+
+    page = client.get("/sweeps").json()
+    assert page["total"] == 2 and [s["id"] for s in page["items"]] == [second["id"], first["id"]]
+    listed = page["items"][1]
+    assert listed["url"] == f"/sweeps/{first['id']}" and listed["cells"] == 2
+    assert listed["status"] == "running" and listed["counts"]["succeeded"] == 1
+    assert listed["progress"] == {"steps_done": 200, "steps_total": 400, "fraction": 0.5}
+    assert [s["id"] for s in client.get("/sweeps?limit=1&offset=1").json()["items"]] == [
+        first["id"]
+    ]
 
 
 def test_an_unknown_sweep_is_a_404(client: TestClient) -> None:

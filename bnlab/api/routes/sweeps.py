@@ -1,6 +1,7 @@
 """/sweeps: submit a grid of experiments (or the classic study), follow it, cancel it, and read
 its report as JSON, CSV or Markdown, and its curves as one PNG."""
 
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
@@ -12,13 +13,20 @@ from bnlab.api.deps import BrokerDep, SessionDep, SettingsDep
 from bnlab.api.idempotency import IdempotencyKey
 from bnlab.api.schemas import MAX_ID, Message, Progress
 from bnlab.api.sweeps import plots, report
-from bnlab.api.sweeps.schemas import SweepCell, SweepOut, SweepProgress, SweepReport
+from bnlab.api.sweeps.schemas import (
+    SweepCell,
+    SweepOut,
+    SweepPage,
+    SweepProgress,
+    SweepReport,
+    SweepSummary,
+)
 from bnlab.api.sweeps.submit import submit_sweep
 from bnlab.api.workers import notices
 from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.queries import TERMINAL
-from bnlab.store.tables import Sweep
+from bnlab.store.tables import Experiment, Sweep
 from bnlab.sweeps import SweepRejected, SweepRequest, expand, varying_fields
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
@@ -87,6 +95,29 @@ def create_sweep(
         idempotency.mark_replayed(response)
     response.headers["Location"] = f"/sweeps/{sweep.id}"
     return _present(session, settings, sweep.id)
+
+
+@router.get("")
+def list_sweeps(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+) -> SweepPage:
+    """Sweeps, newest first, with their status and progress."""
+    sweeps, total = queries.list_sweeps(session, limit, offset)
+    items = [
+        SweepSummary(
+            id=sweep.id,
+            url=f"/sweeps/{sweep.id}",
+            status=overall_status([cell.status for cell in sweep.experiments]),  # type: ignore[arg-type]
+            created_at=sweep.created_at,
+            cells=len(sweep.experiments),
+            counts=report.status_counts(sweep.experiments),  # type: ignore[arg-type]
+            progress=progress_of(sweep.experiments),
+        )
+        for sweep in sweeps
+    ]
+    return SweepPage(items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{sweep_id}", responses=NOT_FOUND)
@@ -187,8 +218,6 @@ def _present(session: Session, settings: Settings, sweep_id: int) -> SweepOut:
 def present(sweep: Sweep, session: Session, settings: Settings) -> SweepOut:
     cells = list(sweep.experiments)
     varying = varying_fields([cell.spec for cell in cells])
-    done = sum(cell.progress_step for cell in cells)
-    total = sum(cell.progress_total for cell in cells)
     notice_of = notices(session, settings, cells)
     return SweepOut(
         id=sweep.id,
@@ -198,9 +227,7 @@ def present(sweep: Sweep, session: Session, settings: Settings) -> SweepOut:
         cancel_requested=sweep.cancel_requested,
         varying=varying,
         counts=report.status_counts(cells),  # type: ignore[arg-type]
-        progress=SweepProgress(
-            steps_done=done, steps_total=total, fraction=done / total if total else 1.0
-        ),
+        progress=progress_of(cells),
         cells=[
             SweepCell(
                 id=cell.id,
@@ -218,6 +245,14 @@ def present(sweep: Sweep, session: Session, settings: Settings) -> SweepOut:
             for cell in cells
         ],
         notice=next((n for n in notice_of.values() if n), None),
+    )
+
+
+def progress_of(cells: Sequence[Experiment]) -> SweepProgress:
+    done = sum(cell.progress_step for cell in cells)
+    total = sum(cell.progress_total for cell in cells)
+    return SweepProgress(
+        steps_done=done, steps_total=total, fraction=done / total if total else 1.0
     )
 
 

@@ -47,6 +47,25 @@ class SweepOut(BaseModel):
     )
 
 
+class SweepSummary(BaseModel):
+    """A sweep in a list: its status and how far its cells are."""
+
+    id: int
+    url: str
+    status: Status
+    created_at: datetime
+    cells: int
+    counts: dict[Status, int] = Field(description="Cells per status.")
+    progress: SweepProgress
+
+
+class SweepPage(BaseModel):
+    items: list[SweepSummary]
+    total: int = Field(description="How many sweeps there are, on all pages.")
+    limit: int
+    offset: int
+
+
 class VariantSummary(BaseModel):
     """One variant (plain or bn) over the row's finished seeds. With one seed the values are
     that experiment's; with several, means, sample standard deviations and fractions."""
