@@ -24,6 +24,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from celery.worker import state
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -52,6 +53,9 @@ class Reaper:
             self.full_at = now
         try:
             with sessions() as session:
+                # Asked every time, not only when there is something to requeue: the
+                # reaper must know how long the database has answered without a break.
+                session.execute(select(1))
                 requeued = self._requeue(session, now)
                 session.commit()
         except SQLAlchemyError as error:

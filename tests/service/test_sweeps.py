@@ -78,6 +78,12 @@ def test_a_grid_trains_as_batched_groups_and_reports(service: Service) -> None:
         assert cell_curve[variant]["val_accuracy"] == pytest.approx(
             lone_curve[variant]["val_accuracy"], abs=1e-4
         )
+    # what the worker records inside the nets at each sample point, too
+    lone_inside = service.client.get(f"/experiments/{alone['id']}/activations").json()
+    cell_inside = service.client.get(f"{relu_fast['url']}/activations").json()
+    for variant in ("plain", "bn"):
+        assert cell_inside["variants"][variant]
+        assert len(cell_inside["variants"][variant]) == len(lone_inside["variants"][variant])
 
     report = service.client.get(f"/sweeps/{sweep_id}/report").json()
     assert report["complete"] is True

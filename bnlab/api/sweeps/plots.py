@@ -8,6 +8,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -74,12 +75,27 @@ def sweep_png(
         axes.set_title(title, fontsize=8)
         if cell.status != "succeeded":
             axes.text(0.5, 0.5, cell.status, transform=axes.transAxes, ha="center", alpha=0.5)
+        _mark_diverged(axes, cell)
     handles = [grid.flat[0].plot([], [], color=COLORS[v], label=LABELS[v])[0] for v in COLORS]
     figure.legend(handles=handles, loc="lower center", ncols=2, fontsize=8, frameon=False)
     figure.supylabel("validation accuracy", fontsize=9, x=0.08 / width)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def _mark_diverged(axes: Axes, cell: Experiment) -> None:
+    """A net that diverged early leaves next to no curve: say so in its colour."""
+    for line, run in enumerate(r for r in cell.runs if r.diverged_at_step is not None):
+        axes.text(
+            0.97,
+            0.05 + 0.1 * line,
+            f"{LABELS[run.variant]} diverged at step {run.diverged_at_step:,}",
+            transform=axes.transAxes,
+            ha="right",
+            fontsize=7,
+            color=COLORS[run.variant],
+        )
 
 
 def label(spec: dict[str, Any], varying: list[str]) -> str:

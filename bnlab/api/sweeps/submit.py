@@ -26,7 +26,7 @@ def submit_sweep(
     specs: Sequence[ExperimentSpec],
     idempotency_key: str | None = None,
 ) -> Sweep:
-    sweep = queries.create_sweep(session, request.model_dump(), idempotency_key)
+    sweep = queries.create_sweep(session, request.model_dump(mode="json"), idempotency_key)
     cells = [
         queries.create_experiment(
             session,
