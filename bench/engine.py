@@ -7,6 +7,7 @@ the process's peak resident memory.
 
     python bench/engine.py --data-dir /tmp/fdata --steps 5000            # quick
     python bench/engine.py --data-dir /tmp/fdata --steps 50000 --sample-every 500   # the study
+    python bench/engine.py --data-dir /tmp/fdata --device cuda     # on a GPU (CUDA graphs)
 
 The data dir must hold FashionMNIST/raw (Debian: apt install dataset-fashion-mnist, then copy
 /usr/share/datasets/fashion-mnist/* into <data-dir>/FashionMNIST/raw/).
@@ -23,10 +24,14 @@ from torch import nn
 
 from bnlab.models.data import Splits, load_splits, to_inputs
 from bnlab.models.network import Architecture
-from bnlab.models.trainer import TrainingSpec, paired_trainer
+from bnlab.models.trainer import Lane, TrainingSpec, paired_trainer
+
+CPU = torch.device("cpu")
 
 
-def plain_loop(splits: Splits, with_bn: bool, spec: TrainingSpec) -> float:
+def plain_loop(
+    splits: Splits, with_bn: bool, spec: TrainingSpec, device: torch.device = CPU
+) -> float:
     """Seconds for `spec.training_batches` steps of the obvious loop, sampling accuracy as the
     trainer does, so both do the same work."""
     torch.manual_seed(spec.seed)
@@ -37,14 +42,16 @@ def plain_loop(splits: Splits, with_bn: bool, spec: TrainingSpec) -> float:
         if with_bn:
             layers.append(nn.BatchNorm1d(n_out, eps=1e-3, momentum=0.01))
         layers.append(nn.ReLU())
-    net = nn.Sequential(*layers, nn.Linear(100, 10))
+    net = nn.Sequential(*layers, nn.Linear(100, 10)).to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=spec.learning_rate)
-    images = to_inputs(splits.train.images).flatten(1)
-    labels = splits.train.labels
-    val_images = to_inputs(splits.validation.images).flatten(1)
+    images = to_inputs(splits.train.images).flatten(1).to(device)
+    labels = splits.train.labels.to(device)
+    val_images = to_inputs(splits.validation.images).flatten(1).to(device)
+    val_labels = splits.validation.labels.to(device)
+    synchronize(device)
     start = time.perf_counter()
     for step in range(spec.training_batches):
-        index = torch.randint(len(labels), (spec.batch_size,))
+        index = torch.randint(len(labels), (spec.batch_size,), device=device)
         loss = nn.functional.cross_entropy(net(images[index]), labels[index])
         optimizer.zero_grad()
         loss.backward()
@@ -52,16 +59,24 @@ def plain_loop(splits: Splits, with_bn: bool, spec: TrainingSpec) -> float:
         if (step + 1) % spec.batches_per_sample == 0:
             net.eval()
             with torch.no_grad():
-                (net(val_images).argmax(1) == splits.validation.labels).float().mean().item()
+                (net(val_images).argmax(1) == val_labels).float().mean().item()
             net.train()
+    synchronize(device)
     return time.perf_counter() - start
 
 
-def paired(splits: Splits, spec: TrainingSpec, bn_impl: str) -> float:
-    trainer = paired_trainer(Architecture(), spec, splits, torch.device("cpu"), bn_impl)
+def paired(splits: Splits, spec: TrainingSpec, bn_impl: str, device: torch.device = CPU) -> float:
+    trainer = paired_trainer(Architecture(), spec, splits, device, bn_impl)
+    synchronize(device)
     start = time.perf_counter()
     trainer.run(lambda sample: None)
+    synchronize(device)
     return time.perf_counter() - start
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -71,16 +86,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--sample-every", type=int, default=500)
     parser.add_argument("--bn-impl", default="bnlab", choices=["bnlab", "torch"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
     splits = load_splits(args.dataset, args.data_dir, download=False)
     spec = TrainingSpec(training_batches=args.steps, batches_per_sample=args.sample_every)
 
-    plain_loop(splits, False, TrainingSpec(training_batches=200))  # warm-up
-    base_plain = plain_loop(splits, False, spec)
-    base_bn = plain_loop(splits, True, spec)
-    pair = paired(splits, spec, args.bn_impl)
+    plain_loop(splits, False, TrainingSpec(training_batches=200), device)  # warm-up
+    paired(splits, TrainingSpec(training_batches=200), args.bn_impl, device)
+    base_plain = plain_loop(splits, False, spec, device)
+    base_bn = plain_loop(splits, True, spec, device)
+    pair = paired(splits, spec, args.bn_impl, device)
     rate = args.steps / pair
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {where}, {torch.get_num_threads()} threads")
+    print(f"{args.steps} steps, sampled every {args.sample_every}")
     print(f"baseline plain net: {args.steps / base_plain:8.0f} steps/s")
     print(f"baseline bn net:    {args.steps / base_bn:8.0f} steps/s")
     print(f"paired trainer:     {rate:8.0f} pair steps/s ({args.bn_impl} BN)")
@@ -90,6 +110,12 @@ def main() -> None:
         f"paired experiment / (plain + bn loops run one after the other): "
         f"{pair / (base_plain + base_bn):.2f}x"
     )
+    if device.type == "cuda":  # what capturing the step as a CUDA graph buys
+        Lane.cuda_graphs = False
+        eager = paired(splits, spec, args.bn_impl, device)
+        Lane.cuda_graphs = True
+        print(f"paired trainer, CUDA graphs off: {args.steps / eager:8.0f} pair steps/s")
+        print(f"paired experiment with / without CUDA graphs: {pair / eager:.2f}x")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory: {peak_mb:.0f} MB")
 

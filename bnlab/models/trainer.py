@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from bnlab.models.batchnorm import BNImpl
 from bnlab.models.data import BatchOrder, Split, Splits, to_inputs
+from bnlab.models.graphs import GraphedStep
 from bnlab.models.inference import accuracy
 from bnlab.models.network import VARIANTS, Architecture, NetStack, initial_weights
 from bnlab.models.probes import PROBE_SIZE, LayerStats, layer_stats, weight_grad_norms
@@ -78,7 +79,10 @@ class Net:
 
 
 class Lane:
-    """Nets of one stack (one variant), stepped together by one thread."""
+    """Nets of one stack (one variant), stepped together by one thread. On a GPU, the training
+    step is captured as a CUDA graph (`graphs`), unless `cuda_graphs` is switched off."""
+
+    cuda_graphs = True
 
     def __init__(self, stack: NetStack, nets: Sequence[Net], train: Split, spec: TrainingSpec):
         self.nets = {net.label: net for net in nets}
@@ -97,6 +101,7 @@ class Lane:
         self.optimizer = torch.optim.SGD(stack.parameters(), lr=1.0, foreach=True)
         rates = [self.nets[label].learning_rate for label in active]
         self._loss_weights = torch.tensor(rates, device=self.device)
+        self._graph: GraphedStep | None = None  # captured at the first step on a GPU
         if active:
             self._losses = _traced_losses(stack, self.train_split, self.order.batch_size)
 
@@ -125,6 +130,14 @@ class Lane:
 
     def _train_step(self, step: int) -> Tensor:
         indices = self.order.indices(step)
+        if self.device.type != "cuda" or not self.cuda_graphs:
+            return self._step(indices)
+        if self._graph is None:
+            state = [*self.stack.parameters(), *self.stack.buffers()]
+            self._graph = GraphedStep(self._step, state, indices)
+        return self._graph.replay(indices)
+
+    def _step(self, indices: Tensor) -> Tensor:
         losses = self._losses(self.train_split.images[indices], self.train_split.labels[indices])
         self.optimizer.zero_grad(set_to_none=True)
         losses.dot(self._loss_weights).backward()

@@ -315,9 +315,11 @@ def checkpoint(service: Service, experiment_id: int, variant: str) -> dict[str, 
 _uninterrupted: dict[str, dict[str, dict[str, Tensor]]] = {}
 
 
-def uninterrupted_weights(spec: dict, data_dir: Path) -> dict[str, dict[str, Tensor]]:
+def uninterrupted_weights(
+    spec: dict, data_dir: Path, device: str = "cpu"
+) -> dict[str, dict[str, Tensor]]:
     """Both nets after the same spec trained in one go, here, with the worker's engine."""
-    key = repr(sorted(spec.items()))
+    key = repr((sorted(spec.items()), device))
     if key not in _uninterrupted:
         parsed = ExperimentSpec.model_validate(spec)
         splits = load_splits(parsed.dataset, data_dir, False, parsed.validation_size)
@@ -325,11 +327,13 @@ def uninterrupted_weights(spec: dict, data_dir: Path) -> dict[str, dict[str, Ten
             parsed.architecture(),
             parsed.training(),
             splits,
-            torch.device("cpu"),
+            torch.device(device),
             Settings().bn_impl,
         )
         assert trainer.run(lambda sample: None) == "finished"
-        _uninterrupted[key] = {v: trainer.net_state(v) for v in ("plain", "bn")}
+        _uninterrupted[key] = {
+            v: {name: t.cpu() for name, t in trainer.net_state(v).items()} for v in ("plain", "bn")
+        }
     return _uninterrupted[key]
 
 
