@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # new message (the old one was lost).
     lease_timeout_seconds: float | None = Field(None, gt=0)
     requeue_after_seconds: float = Field(30.0, gt=0)
+    # A job whose worker died (stopped heart-beating) this many times while running it fails
+    # instead of being handed out again: it probably kills its worker (out of memory) every
+    # time. A graceful hand-back (SIGTERM) does not count.
+    max_worker_losses: int = Field(3, ge=1)
     # How long a worker retries a write while the database is unreachable.
     database_retry_seconds: float = Field(60.0, ge=0)
     # Redis: a job not acknowledged after this long is delivered again (the lease keeps the

@@ -7,6 +7,8 @@ should be a valid dictionary", leaving the sender to guess that the header is wh
 
 from fastapi import Depends, HTTPException, Request
 
+from bnlab.api.schemas import Message
+
 
 async def require_json(request: Request) -> None:
     # Dependencies run before the body is validated, so this answers first.
@@ -24,3 +26,4 @@ async def require_json(request: Request) -> None:
 
 
 JSON_ONLY = Depends(require_json)
+NOT_JSON = {415: {"model": Message, "description": "The body is not JSON."}}

@@ -1,5 +1,6 @@
 """What routes get injected: settings, a database session per request, the broker, the served
-nets, and the experiment a path names. `create_app` puts the long-lived ones on `app.state`.
+nets, and the experiment or sweep a path names. `create_app` puts the long-lived ones on
+`app.state`.
 
 The light ones are `async def`: FastAPI runs a plain `def` dependency in its threadpool. The
 /predict route reads `app_settings` and `served_nets` as plain calls instead: resolving even an
@@ -7,9 +8,10 @@ async dependency costs it ~20 us a request, measured against a bare app.
 """
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Path, Request
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from bnlab.api.broker import Broker
@@ -18,7 +20,8 @@ from bnlab.api.serving import ServedNets
 from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.db import make_sessionmaker
-from bnlab.store.tables import Experiment
+from bnlab.store.retry import is_transient
+from bnlab.store.tables import Experiment, Sweep
 
 
 def app_settings(request: Request) -> Settings:
@@ -40,8 +43,22 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 def get_session(settings: SettingsDep) -> Iterator[Session]:
     # make_sessionmaker is cached per URL: one engine (and pool) per process.
-    with make_sessionmaker(settings.database_url)() as session:
+    session = make_sessionmaker(settings.database_url)()
+    try:
         yield session
+    finally:
+        _close(session)
+
+
+def _close(session: Session) -> None:
+    """Close runs after the answer was sent. Its rollback on a connection the database dropped
+    meanwhile fails, but changes nothing (SQLAlchemy has discarded the connection): raising it
+    would only cut off the client's answer mid-stream."""
+    try:
+        session.close()
+    except DBAPIError as error:
+        if not is_transient(error):
+            raise
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -55,13 +72,25 @@ async def get_broker(request: Request) -> Broker:
 BrokerDep = Annotated[Broker, Depends(get_broker)]
 
 ExperimentId = Annotated[int, Path(ge=1, le=MAX_ID, description="The experiment's id.")]
+SweepId = Annotated[int, Path(ge=1, le=MAX_ID, description="The sweep's id.")]
+
+Row = TypeVar("Row")
+
+
+def found(row: Row | None, what: str, row_id: int) -> Row:
+    """The row a path names, or a 404 that says there is none."""
+    if row is None:
+        raise HTTPException(404, f"no {what} with id {row_id}")
+    return row
 
 
 def get_experiment(experiment_id: ExperimentId, session: SessionDep) -> Experiment:
-    experiment = queries.get_experiment(session, experiment_id)
-    if experiment is None:
-        raise HTTPException(404, f"no experiment with id {experiment_id}")
-    return experiment
+    return found(queries.get_experiment(session, experiment_id), "experiment", experiment_id)
+
+
+def get_sweep(sweep_id: SweepId, session: SessionDep) -> Sweep:
+    return found(queries.get_sweep(session, sweep_id), "sweep", sweep_id)
 
 
 ExperimentDep = Annotated[Experiment, Depends(get_experiment)]
+SweepDep = Annotated[Sweep, Depends(get_sweep)]

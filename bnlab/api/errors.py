@@ -3,7 +3,11 @@
 FastAPI's default 422 echoes each rejected input back; a learning rate of 1e999 or NaN is a
 float JSON cannot encode, and a list nested 500 deep overflows the recursion of any encoder: the
 default handler would turn such bad input into a 500. So the echo is made finite and cut short.
-A database that is down or not migrated is a 503 pointing at /health, not a bare 500.
+
+A database that cannot answer now (down, restarting, unreachable, its connection lost mid-request)
+or that lacks bnlab's tables is a 503 with `Retry-After` and what to do, not a bare 500: every
+route that reads SQL gets it from here, whichever SQLAlchemy error the driver's failure became
+(OperationalError, InterfaceError, or any error that invalidated the connection).
 """
 
 import math
@@ -14,15 +18,24 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from bnlab.api.redact import reason
 from bnlab.settings import Settings
+from bnlab.store.retry import is_transient
+
+# What a 503 for the database asks a client to wait before trying again.
+RETRY_AFTER_SECONDS = 5
+
+# The codes PostgreSQL (SQLSTATE) and the texts SQLite give for a table or column that is not
+# there: a database `bnlab migrate` has not brought up to this bnlab's schema.
+UNDEFINED_TABLE_OR_COLUMN = frozenset({"42P01", "42703"})
+SQLITE_MISSING = ("no such table", "no such column")
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(OperationalError, _database_unavailable)  # type: ignore[arg-type]
+    app.add_exception_handler(DBAPIError, _database_error)  # type: ignore[arg-type]
 
 
 async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -31,11 +44,38 @@ async def _validation_error(_request: Request, error: RequestValidationError) ->
     return JSONResponse(status_code=422, content={"detail": detail})
 
 
-async def _database_unavailable(request: Request, error: OperationalError) -> JSONResponse:
+async def _database_error(request: Request, error: DBAPIError) -> JSONResponse:
     settings: Settings = request.app.state.settings
+    detail = database_unavailable(error, settings)
+    if detail is None:
+        raise error  # a bug (an integrity error, bad SQL): the 500 it is
+    return JSONResponse(
+        status_code=503,
+        content={"detail": detail},
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def database_unavailable(error: DBAPIError, settings: Settings) -> str | None:
+    """What a person should read when `error` means the database cannot serve this request now;
+    None when it means something else."""
     cause = reason(error.orig or error, settings.database_url)
-    detail = f"the database is unavailable or not migrated ({cause}); see GET /health"
-    return JSONResponse(status_code=503, content={"detail": detail})
+    if _schema_missing(error):
+        return (
+            f"the database lacks bnlab's tables or columns: run `bnlab migrate` ({cause}); "
+            "see GET /health"
+        )
+    if is_transient(error):
+        return (
+            f"the database is unreachable; retry shortly ({cause}); GET /health shows what is down"
+        )
+    return None
+
+
+def _schema_missing(error: DBAPIError) -> bool:
+    if getattr(error.orig, "pgcode", None) in UNDEFINED_TABLE_OR_COLUMN:
+        return True
+    return str(error.orig).startswith(SQLITE_MISSING)
 
 
 # How much of a rejected input a 422 echoes: enough to recognise it, never the whole body.

@@ -11,9 +11,12 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Header, HTTPException, Response
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+
+from bnlab.store.tables import Experiment, Sweep
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -32,6 +35,46 @@ IdempotencyKey = Annotated[
 ]
 
 Row = TypeVar("Row")
+Made = TypeVar("Made", Experiment, Sweep)
+
+
+def created(what: str) -> dict[str, Any]:
+    """The documented 202 of a POST that makes a `what`: its headers."""
+    return {
+        "headers": {
+            "Location": {"description": f"The {what}'s URL."},
+            REPLAYED_HEADER: {
+                "description": "`true` when an earlier request with this Idempotency-Key "
+                f"made the {what}."
+            },
+        }
+    }
+
+
+def create_once(
+    session: Session,
+    model: type[Made],
+    key: str | None,
+    response: Response,
+    *,
+    create: Callable[[], Made],
+    body: BaseModel,
+    what: str,
+) -> Made:
+    """once() for a POST whose `body` is kept as the row's spec: the row, with the answer's
+    Location (/{what}s/{id}) and, when an earlier request made it, Idempotent-Replayed."""
+    row, replayed = once(
+        session,
+        model,
+        key,
+        create=create,
+        same=lambda earlier: earlier.spec == body.model_dump(mode="json"),
+        what=what,
+    )
+    if replayed:
+        mark_replayed(response)
+    response.headers["Location"] = f"/{what}s/{row.id}"
+    return row
 
 
 def once(

@@ -104,6 +104,23 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
 
+def print_answer(
+    url: str,
+    token: str | None,
+    json: bool,
+    *,
+    ask: Callable[[Client], Any],
+    show: Callable[[Any], None],
+) -> None:
+    """Ask the server once; print its answer as it is with --json, else `show` it to a person."""
+    with connect(url, token) as client:
+        answer = ask(client)
+    if json:
+        print_json(answer)
+    else:
+        show(answer)
+
+
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 

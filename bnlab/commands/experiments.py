@@ -21,6 +21,7 @@ from bnlab.commands.common import (
     errors,
     number,
     percent,
+    print_answer,
     print_json,
     reports_errors,
 )
@@ -116,8 +117,7 @@ def run(
                 f"experiment {experiment['id']} queued; following it (Ctrl-C stops "
                 "following, not the experiment)"
             )
-            if experiment.get("notice"):
-                errors.print(f"note: {experiment['notice']}", markup=False)
+            _say_notice(experiment)
             experiment = watch(client, experiment, console)
             _show_results(experiment)
     _exit_unless_succeeded(experiment)
@@ -128,6 +128,11 @@ def _say_queued(experiment: dict[str, Any], json: bool) -> None:
         print_json(experiment)
         return
     console.print(f"experiment {experiment['id']} queued")
+    _say_notice(experiment)
+
+
+def _say_notice(experiment: dict[str, Any]) -> None:
+    """What it waits on (no worker for its queue, say): on stderr, so stdout stays the answer."""
     if experiment.get("notice"):
         errors.print(f"note: {experiment['notice']}", markup=False)
 
@@ -159,11 +164,13 @@ def list_experiments(
     json: Json = False,
 ) -> None:
     """Experiments, newest first."""
-    with connect(url, token) as client:
-        page = client.get("/experiments", status=status and status.value, limit=limit)
-    if json:
-        print_json(page)
-        return
+    query = {"status": status and status.value, "limit": limit}
+    print_answer(
+        url, token, json, ask=lambda client: client.get("/experiments", **query), show=_show_page
+    )
+
+
+def _show_page(page: dict[str, Any]) -> None:
     table = Table("id", "status", "activation", "lr", "init", "steps", "plain test", "bn test")
     for experiment in page["items"]:
         spec, progress, results = experiment["spec"], experiment["progress"], experiment["results"]
@@ -193,11 +200,16 @@ def show(
     experiment_id: ExperimentId, url: Url = DEFAULT_URL, token: Token = None, json: Json = False
 ) -> None:
     """An experiment's spec, progress and results."""
-    with connect(url, token) as client:
-        experiment = client.get(f"/experiments/{experiment_id}")
-    if json:
-        print_json(experiment)
-        return
+    print_answer(
+        url,
+        token,
+        json,
+        ask=lambda client: client.get(f"/experiments/{experiment_id}"),
+        show=_show_experiment,
+    )
+
+
+def _show_experiment(experiment: dict[str, Any]) -> None:
     spec, progress = experiment["spec"], experiment["progress"]
     console.print(
         f"experiment {experiment['id']}: [bold]{experiment['status']}[/bold]  "
@@ -290,11 +302,17 @@ def cancel(
     experiment_id: ExperimentId, url: Url = DEFAULT_URL, token: Token = None, json: Json = False
 ) -> None:
     """Cancel a queued experiment, or stop a running one at its next sample point."""
-    with connect(url, token) as client:
-        experiment = client.post(f"/experiments/{experiment_id}/cancel")
-    if json:
-        print_json(experiment)
-    elif experiment["status"] == Status.cancelled:
-        console.print(f"experiment {experiment_id} cancelled")
+    print_answer(
+        url,
+        token,
+        json,
+        ask=lambda client: client.post(f"/experiments/{experiment_id}/cancel"),
+        show=_say_cancelled,
+    )
+
+
+def _say_cancelled(experiment: dict[str, Any]) -> None:
+    if experiment["status"] == Status.cancelled:
+        console.print(f"experiment {experiment['id']} cancelled")
     else:
-        console.print(f"experiment {experiment_id} stops at its next sample point")
+        console.print(f"experiment {experiment['id']} stops at its next sample point")

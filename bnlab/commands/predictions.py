@@ -2,7 +2,7 @@
 
 import mimetypes
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -14,10 +14,9 @@ from bnlab.commands.common import (
     Token,
     Url,
     Variant,
-    connect,
     console,
     percent,
-    print_json,
+    print_answer,
     reports_errors,
 )
 
@@ -47,16 +46,20 @@ def predict(
 ) -> None:
     """Classify one image with a trained net, BN using population or batch statistics."""
     content_type = mimetypes.guess_type(image.name)[0] or "application/octet-stream"
-    with connect(url, token) as client:
-        answer = client.request(
-            "POST",
+    print_answer(
+        url,
+        token,
+        json,
+        ask=lambda client: client.post(
             "/predict",
             params={"experiment_id": experiment, "variant": variant.value, "mode": mode.value},
             files={"image": (image.name, image.read_bytes(), content_type)},
-        ).json()
-    if json:
-        print_json(answer)
-        return
+        ),
+        show=lambda answer: _show_prediction(answer, experiment, variant, mode),
+    )
+
+
+def _show_prediction(answer: dict[str, Any], experiment: int, variant: Variant, mode: Mode) -> None:
     probabilities = answer["probabilities"]
     console.print(
         f"[bold]{answer['prediction']}[/bold] ({percent(probabilities[answer['prediction']])}) "
@@ -85,13 +88,16 @@ def collapse(
     With the statistics of one image, every BN output equals beta: every image gets the same
     class. The whole test set in large batches shows it is about batch size.
     """
-    with connect(url, token) as client:
-        result = client.request(
-            "POST", f"/experiments/{experiment_id}/collapse", params={"n": n}
-        ).json()
-    if json:
-        print_json(result)
-        return
+    print_answer(
+        url,
+        token,
+        json,
+        ask=lambda client: client.post(f"/experiments/{experiment_id}/collapse", params={"n": n}),
+        show=_show_collapse,
+    )
+
+
+def _show_collapse(result: dict[str, Any]) -> None:
     console.print(
         f"experiment {result['experiment_id']}, {result['variant']} net (checkpoint "
         f"v{result['checkpoint_version']}): the first {result['n']} test images, one at a time"

@@ -28,15 +28,26 @@ def _tune_sqlite(dbapi_connection: SQLiteConnection, _record: Any) -> None:
     cursor.close()
 
 
+# Seconds a PostgreSQL connection may take to be made. Without a limit, a server that is gone
+# without a word (its host down, a firewall dropping packets) holds each request, and each of a
+# worker's writes, for the operating system's TCP timeout: minutes. `?connect_timeout=N` in the
+# database URL overrides it (libpq reads it; at least 2).
+CONNECT_TIMEOUT_SECONDS = 5
+
+
 @lru_cache
 def make_engine(url: str) -> Engine:
-    if make_url(url).get_backend_name() == "sqlite":
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
         ensure_sqlite_folder(url)
         engine = create_engine(url)
         event.listen(engine, "connect", _tune_sqlite)
         return engine
+    connect_args = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     # A server may drop idle connections (restart, failover); check before handing one out.
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 @lru_cache

@@ -13,12 +13,17 @@ was killed). So the row decides, not the message:
   A worker whose lease was taken (it froze past the timeout, or the reaper gave its job away)
   gets `LeaseLost` and stops: it never writes over its successor.
 - `requeue_stale` and `requeue_forgotten` are the reaper's side (bnlab/worker/reaper.py).
+
+Each time a running experiment is taken from a worker that stopped heart-beating (by the reaper
+or by a claim), `worker_losses` goes up by one. At `max_losses` it is not handed out again but
+fails, saying why: a job that kills its worker every time (out of memory, a crash in native code)
+would otherwise run forever. A worker that hands its job back (`hand_back`) loses nothing.
 """
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, or_, update
+from sqlalchemy import ColumnElement, String, case, cast, func, or_, update
 from sqlalchemy.orm import Session
 
 from bnlab.store.tables import Experiment, utc_now
@@ -41,24 +46,28 @@ class Lease:
 
 
 def claim(
-    session: Session, experiment_id: int, worker: str, stale_before: datetime
+    session: Session, experiment_id: int, worker: str, stale_before: datetime, max_losses: int
 ) -> Lease | None:
     """Take the experiment if it is queued, or running on a worker that stopped heart-beating
-    before `stale_before`; None if it is finished, cancelled, or alive on another worker."""
+    before `stale_before` (a loss; not the one that reaches `max_losses`: the reaper fails the
+    experiment then); None if it is finished, cancelled, or alive on another worker."""
     now = utc_now()
+    was_running = Experiment.status == "running"
     claimed = session.execute(
         update(Experiment)
         .where(
             Experiment.id == experiment_id,
             or_(
                 Experiment.status == "queued",
-                (Experiment.status == "running") & _stale(stale_before),
+                was_running & _stale(stale_before) & (_losses_now() < max_losses),
             ),
         )
         .values(
             status="running",
             worker=worker,
             lease_token=Experiment.lease_token + 1,
+            # SET reads the row as it was: a loss only if it was running on a dead worker.
+            worker_losses=case((was_running, _losses_now()), else_=Experiment.worker_losses),
             heartbeat_at=now,
             started_at=func.coalesce(Experiment.started_at, now),
         )
@@ -98,34 +107,51 @@ def hand_back(session: Session, lease: Lease) -> None:
     )
 
 
-def requeue_stale(session: Session, queue: str, stale_before: datetime) -> list[int]:
-    """Experiments on `queue` running on a worker that stopped heart-beating: back to queued
-    (which also revokes their lease: `hold` wants `running`), or cancelled if a cancel was
-    asked for meanwhile. Returns the ids of those queued again."""
+@dataclass(frozen=True)
+class Reaped:
+    queued: list[int]  # queued again: they need a new message
+    failed: list[int]  # their worker died `max_losses` times: failed, not retried
+
+
+def requeue_stale(session: Session, queue: str, stale_before: datetime, max_losses: int) -> Reaped:
+    """Experiments on `queue` running on a worker that stopped heart-beating (each a loss):
+    cancelled if a cancel was asked for meanwhile; failed if that was their `max_losses`th
+    loss; else back to queued. Any of these revokes the dead worker's lease (`hold` wants
+    `running`)."""
+    dead = (Experiment.queue == queue) & (Experiment.status == "running") & _stale(stale_before)
     session.execute(
         update(Experiment)
-        .where(
-            Experiment.queue == queue,
-            Experiment.status == "running",
-            Experiment.cancel_requested.is_(True),
-            _stale(stale_before),
-        )
+        .where(dead, Experiment.cancel_requested.is_(True))
         .values(status="cancelled", worker=None, finished_at=utc_now())
         .execution_options(synchronize_session=False)
     )
-    return list(
-        session.scalars(
-            update(Experiment)
-            .where(
-                Experiment.queue == queue,
-                Experiment.status == "running",
-                _stale(stale_before),
-            )
-            .values(status="queued", worker=None, heartbeat_at=utc_now())
-            .returning(Experiment.id)
-            .execution_options(synchronize_session=False)
-        )
+    reason = (
+        "its worker died "
+        + cast(_losses_now(), String)
+        + " times while running it (killed, out of memory?); not retried again"
     )
+    failed = session.scalars(
+        update(Experiment)
+        .where(dead, _losses_now() >= max_losses)
+        .values(
+            status="failed",
+            worker=None,
+            finished_at=utc_now(),
+            worker_losses=_losses_now(),
+            error=reason,
+        )
+        .returning(Experiment.id)
+        .execution_options(synchronize_session=False)
+    )
+    failed_ids = list(failed)
+    queued = session.scalars(
+        update(Experiment)
+        .where(dead)
+        .values(status="queued", worker=None, heartbeat_at=utc_now(), worker_losses=_losses_now())
+        .returning(Experiment.id)
+        .execution_options(synchronize_session=False)
+    )
+    return Reaped(queued=list(queued), failed=failed_ids)
 
 
 def requeue_forgotten(session: Session, queue: str, waiting_before: datetime) -> list[int]:
@@ -150,3 +176,8 @@ def requeue_forgotten(session: Session, queue: str, waiting_before: datetime) ->
 
 def _stale(before: datetime) -> ColumnElement[bool]:
     return or_(Experiment.heartbeat_at.is_(None), Experiment.heartbeat_at < before)
+
+
+def _losses_now() -> ColumnElement[int]:
+    """The row's worker losses counting the one being handled."""
+    return Experiment.worker_losses + 1

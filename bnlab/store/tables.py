@@ -17,6 +17,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -96,6 +97,9 @@ class Experiment(Base):
     worker: Mapped[str | None] = mapped_column(String(255))  # hostname of the worker running it
     # Fencing token: bumped each time a worker takes the job, so a stale worker's writes lose.
     lease_token: Mapped[int] = mapped_column(default=0)
+    # Times a worker died while running it (the lease taken from a stale heartbeat): capped by
+    # BNLAB_MAX_WORKER_LOSSES, so a job that kills its worker is not handed out forever.
+    worker_losses: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     heartbeat_at: Mapped[datetime | None]
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     sweep_id: Mapped[int | None] = mapped_column(

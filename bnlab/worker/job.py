@@ -96,7 +96,13 @@ class ExperimentJob:
         stale_before = utc_now() - timedelta(seconds=self.settings.lease_timeout)
 
         def claim(session: Session) -> tuple[Lease, ExperimentSpec, str] | str:
-            lease = leases.claim(session, self.experiment_id, self.worker, stale_before)
+            lease = leases.claim(
+                session,
+                self.experiment_id,
+                self.worker,
+                stale_before,
+                self.settings.max_worker_losses,
+            )
             experiment = queries.get_experiment(session, self.experiment_id)
             if experiment is None:
                 return "it does not exist (deleted?)"

@@ -5,7 +5,8 @@ Every worker runs one, in its main process, after each of its heartbeats. It que
 1. experiments running on a worker that stopped heart-beating (killed, frozen, its machine
    gone) for longer than the lease timeout: back to `queued`, which revokes the dead worker's
    lease, and a new message on their queue. Redis would redeliver the old message only after
-   its visibility timeout (an hour by default); the embedded file broker never does.
+   its visibility timeout (an hour by default); the embedded file broker never does. One whose
+   worker has died `max_worker_losses` times fails instead: it likely kills every worker.
 2. experiments queued on this worker's own queue that have waited longer than
    `requeue_after_seconds` while this worker had a free slot the whole time: with one job
    prefetched per slot, a message in the queue would have reached it, so the message was lost
@@ -75,8 +76,16 @@ class Reaper:
         lease_timeout = self.settings.lease_timeout
         if self.database_since is not None and now - self.database_since >= lease_timeout:
             stale_before = utc_now() - timedelta(seconds=lease_timeout)
+            most = self.settings.max_worker_losses
             for queue in QUEUES:  # any queue: so that a user sees it waiting for a worker
-                for experiment_id in leases.requeue_stale(session, queue, stale_before):
+                reaped = leases.requeue_stale(session, queue, stale_before, most)
+                for experiment_id in reaped.failed:
+                    log.error(
+                        "reaper: experiment %s failed: its worker died %d times while running it",
+                        experiment_id,
+                        most,
+                    )
+                for experiment_id in reaped.queued:
                     log.warning(
                         "reaper: experiment %s's worker stopped heart-beating; queued again",
                         experiment_id,

@@ -16,7 +16,7 @@ from bnlab.models.network import Architecture, NetStack, initial_weights
 from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
 from bnlab.store import queries
-from bnlab.store.db import make_sessionmaker
+from bnlab.store.db import make_engine, make_sessionmaker
 from bnlab.store.migrate import upgrade
 from bnlab.store.tables import Experiment, utc_now
 
@@ -49,6 +49,26 @@ def settings(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as client:
         yield client
+
+
+@pytest.fixture
+def broker_down(tmp_path: Path, settings: Settings) -> Iterator[TestClient]:
+    """A client of an app on `settings`' database whose broker is unreachable: nothing listens
+    on port 1."""
+    down = make_settings(tmp_path, settings.database_url, broker_url="redis://127.0.0.1:1/0")
+    with TestClient(create_app(down)) as client:
+        yield client
+
+
+@pytest.fixture
+def unmigrated(tmp_path: Path, settings: Settings) -> Iterator[TestClient]:
+    """A client of an app whose database file has no tables: it was never migrated."""
+    url = f"sqlite:///{tmp_path / 'unmigrated.db'}"
+    try:
+        with TestClient(create_app(make_settings(tmp_path, url))) as client:
+            yield client
+    finally:
+        make_engine(url).dispose()  # its pooled connections closed before tmp_path goes
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ a reconnect with Last-Event-ID misses nothing; an unknown id is a 404, not an em
 
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -33,6 +34,42 @@ def read_events(client: TestClient, url: str, **headers: str) -> list[Event]:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
         return list(parse_events(response.iter_lines()))
+
+
+def read_while_a_worker_writes(
+    client: TestClient,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    poll: str,
+    url: str,
+    write: Callable[[Session], None],
+) -> list[Event]:
+    """The events of `url` while a worker thread runs `write` in a session of its own and
+    commits. The worker waits until the stream has polled once (`events.<poll>`), so its writes
+    happen while the stream follows."""
+    first_poll_done = threading.Event()
+    original_poll = getattr(events, poll)
+
+    def poll_and_tell(*args: Any) -> Any:
+        news = original_poll(*args)
+        first_poll_done.set()
+        return news
+
+    monkeypatch.setattr(events, poll, poll_and_tell)
+    monkeypatch.setattr(events, "POLL_SECONDS", 0.05)
+
+    def worker() -> None:
+        first_poll_done.wait(timeout=30)
+        with make_sessionmaker(settings.database_url)() as worker_session:
+            write(worker_session)
+            worker_session.commit()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        return read_events(client, url)
+    finally:
+        thread.join()
 
 
 def test_a_finished_experiment_streams_its_curve_progress_and_status_then_ends(
@@ -100,35 +137,18 @@ def test_points_written_while_following_arrive_then_the_stream_ends(
 ) -> None:
     experiment = add_experiment(session, "running")
     add_points(session, experiment, [0])
-    # The worker's writes wait until the stream has polled once, so they happen while it runs.
-    first_poll_done = threading.Event()
-    original_poll = events.poll
 
-    def poll_and_tell(*args: Any) -> events.Poll | None:
-        news = original_poll(*args)
-        first_poll_done.set()
-        return news
+    def finish(worker_session: Session) -> None:
+        running = queries.get_experiment(worker_session, experiment.id)
+        assert running is not None
+        add_points(worker_session, running, [50])
+        running.progress_step = running.progress_total = 50
+        running.steps_per_second, running.eta_seconds = 25.0, 0.0
+        running.status = "succeeded"
 
-    monkeypatch.setattr(events, "poll", poll_and_tell)
-    monkeypatch.setattr(events, "POLL_SECONDS", 0.05)
-
-    def worker() -> None:
-        first_poll_done.wait(timeout=30)
-        with make_sessionmaker(settings.database_url)() as worker_session:
-            running = queries.get_experiment(worker_session, experiment.id)
-            assert running is not None
-            add_points(worker_session, running, [50])
-            running.progress_step = running.progress_total = 50
-            running.steps_per_second, running.eta_seconds = 25.0, 0.0
-            running.status = "succeeded"
-            worker_session.commit()
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    try:
-        received = read_events(client, f"/experiments/{experiment.id}/events")
-    finally:
-        thread.join()
+    received = read_while_a_worker_writes(
+        client, settings, monkeypatch, "poll", f"/experiments/{experiment.id}/events", finish
+    )
 
     steps = [event.data["step"] for event in received if event.name == "point"]
     assert steps == [0, 0, 50, 50]
@@ -198,31 +218,15 @@ def test_a_sweep_stream_follows_cells_until_all_have_ended(
     client: TestClient, session: Session, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sweep, cells = add_sweep(session, ["succeeded", "running"])
-    first_poll_done = threading.Event()
-    original_poll = events.poll_sweep
 
-    def poll_and_tell(*args: Any) -> events.SweepPoll | None:
-        news = original_poll(*args)
-        first_poll_done.set()
-        return news
+    def finish_the_second(worker_session: Session) -> None:
+        running = queries.get_experiment(worker_session, cells[1].id)
+        assert running is not None
+        running.status, running.progress_step = "succeeded", 200
 
-    monkeypatch.setattr(events, "poll_sweep", poll_and_tell)
-    monkeypatch.setattr(events, "POLL_SECONDS", 0.05)
-
-    def worker() -> None:
-        first_poll_done.wait(timeout=30)
-        with make_sessionmaker(settings.database_url)() as worker_session:
-            running = queries.get_experiment(worker_session, cells[1].id)
-            assert running is not None
-            running.status, running.progress_step = "succeeded", 200
-            worker_session.commit()
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    try:
-        received = read_events(client, f"/sweeps/{sweep.id}/events")
-    finally:
-        thread.join()
+    received = read_while_a_worker_writes(
+        client, settings, monkeypatch, "poll_sweep", f"/sweeps/{sweep.id}/events", finish_the_second
+    )
 
     second = [
         event.data for event in received if event.name == "cell" and event.data["id"] == cells[1].id

@@ -11,12 +11,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bnlab.api.main import create_app
 from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.tables import Experiment, Worker, utc_now
 from bnlab.worker.app import RUN_EXPERIMENT
-from tests.api.conftest import add_experiment, make_settings
+from tests.api.conftest import add_experiment
 
 
 def queued_messages(settings: Settings) -> list[Path]:
@@ -164,12 +163,9 @@ def test_non_finite_and_malformed_json_is_422(
 
 
 def test_when_the_broker_is_down_the_experiment_fails_loudly(
-    tmp_path: Path, sqlite_url: str, settings: Settings, session: Session
+    broker_down: TestClient, session: Session
 ) -> None:
-    # Nothing listens on port 1: the broker is unreachable.
-    down = make_settings(tmp_path, sqlite_url, broker_url="redis://127.0.0.1:1/0")
-    with TestClient(create_app(down)) as client:
-        response = client.post("/experiments", json={})
+    response = broker_down.post("/experiments", json={})
 
     assert response.status_code == 503
     assert "could not be queued" in response.json()["detail"]

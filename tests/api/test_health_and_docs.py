@@ -43,13 +43,8 @@ def test_a_missing_broker_folder_is_503(client: TestClient, settings: Settings) 
     assert "does not exist" in response.json()["broker"]
 
 
-def test_an_unmigrated_database_is_503(tmp_path: Path, settings: Settings) -> None:
-    url = f"sqlite:///{tmp_path / 'empty.db'}"
-    try:
-        with TestClient(create_app(make_settings(tmp_path, url))) as client:
-            response = client.get("/health")
-    finally:
-        make_engine(url).dispose()
+def test_an_unmigrated_database_is_503(unmigrated: TestClient) -> None:
+    response = unmigrated.get("/health")
     assert response.status_code == 503
     body = response.json()
     assert body["database"].startswith("unreachable or not migrated: OperationalError")
@@ -57,15 +52,8 @@ def test_an_unmigrated_database_is_503(tmp_path: Path, settings: Settings) -> No
     assert body["workers"] is None
 
 
-def test_requests_to_an_unmigrated_database_are_503_not_500(
-    tmp_path: Path, settings: Settings
-) -> None:
-    url = f"sqlite:///{tmp_path / 'empty.db'}"
-    try:
-        with TestClient(create_app(make_settings(tmp_path, url))) as client:
-            response = client.get("/experiments")
-    finally:
-        make_engine(url).dispose()
+def test_requests_to_an_unmigrated_database_are_503_not_500(unmigrated: TestClient) -> None:
+    response = unmigrated.get("/experiments")
     assert response.status_code == 503
     assert "no such table" in response.json()["detail"]
     assert "GET /health" in response.json()["detail"]

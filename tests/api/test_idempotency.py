@@ -3,7 +3,6 @@ one."""
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,14 +11,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bnlab.api import idempotency
-from bnlab.api.main import create_app
 from bnlab.api.schemas import ExperimentOut
 from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
 from bnlab.store import queries
 from bnlab.store.db import make_sessionmaker
 from bnlab.store.tables import Experiment, Sweep
-from tests.api.conftest import make_settings
 from tests.api.test_experiments import queued_messages
 
 SPEC = {"activation": "sigmoid", "training_batches": 2000, "batches_per_sample": 50}
@@ -142,13 +139,10 @@ def test_the_loser_of_a_race_answers_with_the_winners_row(settings: Settings) ->
 
 
 def test_a_key_whose_experiment_could_not_be_queued_can_be_used_again(
-    tmp_path: Path, sqlite_url: str, settings: Settings, session: Session
+    broker_down: TestClient, client: TestClient, session: Session
 ) -> None:
-    down = make_settings(tmp_path, sqlite_url, broker_url="redis://127.0.0.1:1/0")
-    with TestClient(create_app(down)) as broken:
-        assert post(broken, SPEC, "try-again").status_code == 503
-    with TestClient(create_app(settings)) as working:
-        retry = post(working, SPEC, "try-again")
+    assert post(broker_down, SPEC, "try-again").status_code == 503
+    retry = post(client, SPEC, "try-again")
     assert retry.status_code == 202
     assert retry.json()["status"] == "queued"
     assert "idempotent-replayed" not in retry.headers

@@ -8,10 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from sqlalchemy.orm import Session
 
-from bnlab.api.main import create_app
-from bnlab.settings import Settings
-from bnlab.store.db import make_engine
-from tests.api.conftest import add_checkpoints, add_experiment, make_settings
+from tests.api.conftest import add_checkpoints, add_experiment
 
 BLANK = [0.0] * 784
 
@@ -109,15 +106,8 @@ def test_predict_latency_per_mode_and_checkpoint_cache_hits_and_misses(
     assert value(latency, "bnlab_predict_duration_seconds_sum", mode="batch") > 0  # type: ignore[operator]
 
 
-def test_a_scrape_still_answers_when_the_database_is_down(
-    tmp_path: Path, settings: Settings
-) -> None:
-    url = f"sqlite:///{tmp_path / 'never-migrated.db'}"
-    try:
-        with TestClient(create_app(make_settings(tmp_path, url))) as client:
-            metrics = scrape(client)
-    finally:
-        make_engine(url).dispose()
+def test_a_scrape_still_answers_when_the_database_is_down(unmigrated: TestClient) -> None:
+    metrics = scrape(unmigrated)
     assert value(metrics["bnlab_database_up"], "bnlab_database_up") == 0
     assert "bnlab_experiments" not in metrics
     assert "bnlab_http_requests" in metrics

@@ -292,6 +292,28 @@ def test_gpu_worker_takes_the_gpu_queue_with_an_nvidia_device() -> None:
     ), devices
 
 
+# A worker stopped with SIGTERM hands its job back at the job's next sample point (500 batches
+# apart by default) after saving its state; Docker's default grace is 10 s, then SIGKILL, which
+# loses the work since the last sample point and counts as a lost worker.
+HAND_BACK_SECONDS = 60
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
+UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def duration_seconds(value: str) -> float:
+    """A Compose duration (`1m30s`, `90s`, `2m`) in seconds."""
+    parts = DURATION_PART.findall(value)
+    assert "".join(number + unit for number, unit in parts) == value, f"not a duration: {value}"
+    return sum(float(number) * UNIT_SECONDS[unit] for number, unit in parts)
+
+
+@pytest.mark.parametrize("service_name", workers())
+def test_workers_are_given_time_to_hand_their_job_back_on_stop(service_name: str) -> None:
+    grace = SERVICES[service_name].get("stop_grace_period")
+    assert grace is not None, f"{service_name} gets Docker's 10 s, then SIGKILL"
+    assert duration_seconds(str(grace)) >= HAND_BACK_SECONDS
+
+
 @pytest.mark.parametrize("service_name", ["api", *workers()])
 def test_migrate_completes_before_the_service_starts(service_name: str) -> None:
     depends_on = SERVICES[service_name]["depends_on"]

@@ -19,6 +19,7 @@ from tests.faults.conftest import (
     assert_complete_curve,
     assert_same_weights,
     curve_steps,
+    experiment_row,
     finished,
     service_settings,
 )
@@ -78,6 +79,8 @@ def test_sigterm_on_a_worker_hands_its_job_back_for_the_next_worker_to_resume(
     assert experiment["status"] == "succeeded", experiment["error"]
     assert f"resumes at step {step}" in service.log("worker-next")
     assert_complete_curve(service, experiment_id, SPEC)
+    # Handed back, not lost: it does not count towards BNLAB_MAX_WORKER_LOSSES.
+    assert experiment_row(service, experiment_id)["worker_losses"] == 0
     assert_same_weights(service, experiment_id, SPEC, idx_data_dir)
 
 

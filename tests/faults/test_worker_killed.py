@@ -3,7 +3,7 @@
 The embedded file broker forgets the message of a killed worker, and Redis gives it back only
 after its visibility timeout (an hour): a new worker must find the job from SQL alone (its
 heartbeat stopped), resume it from its last sample point, and end with what an uninterrupted
-run gives.
+run gives. A job whose worker dies every time is not handed out forever: it fails, saying why.
 """
 
 import re
@@ -16,6 +16,7 @@ from tests.faults.conftest import (
     StartService,
     assert_complete_curve,
     assert_same_weights,
+    experiment_row,
     finished,
     kill_tree,
 )
@@ -62,4 +63,36 @@ def kill_mid_job_and_resume(service: Service, spec: dict, idx_data_dir: Path) ->
     assert int(resumed.group(1)) >= at_kill["progress"]["step"] - spec["batches_per_sample"]
     assert_complete_curve(service, experiment_id, spec)
     assert_same_weights(service, experiment_id, spec, idx_data_dir)
+    assert experiment_row(service, experiment_id)["worker_losses"] == 1
     return experiment
+
+
+@pytest.mark.parametrize("stack", ["embedded"])
+def test_a_job_that_kills_its_worker_every_time_fails_at_the_cap_and_stays_failed(
+    start_service: StartService,
+) -> None:
+    # What a job that runs its worker out of memory does, with BNLAB_MAX_WORKER_LOSSES=2.
+    service = start_service(max_worker_losses="2")
+    endless = {**SPEC, "training_batches": 1_000_000}
+    experiment_id = service.client.post("/experiments", json=endless).json()["id"]
+    worker = service.processes["worker-cpu"]
+    for run in (1, 2):
+        service.wait_for(experiment_id, lambda _, run=run: running_for(service, experiment_id, run))
+        kill_tree(worker)
+        worker = service.start_worker("cpu", name=f"worker-after-{run}")
+
+    experiment = service.wait_for(experiment_id, finished)
+    assert experiment["status"] == "failed"
+    assert experiment["error"] == (
+        "its worker died 2 times while running it (killed, out of memory?); not retried again"
+    )
+    assert "failed: its worker died 2 times" in service.log("worker-after-2")
+    row = experiment_row(service, experiment_id)  # run twice, never a third time
+    assert (row["status"], row["lease_token"], row["worker_losses"]) == ("failed", 2, 2)
+
+
+def running_for(service: Service, experiment_id: int, run: int) -> bool:
+    """Whether the experiment is running, claimed `run` times so far (its lease token counts
+    the claims)."""
+    row = experiment_row(service, experiment_id)
+    return row["status"] == "running" and row["lease_token"] == run

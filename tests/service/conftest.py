@@ -18,6 +18,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+# A small experiment on the stand-in data, the service tests' common one; sampled at STEPS.
+SMALL = {
+    "training_batches": 300,
+    "batches_per_sample": 50,
+    "validation_size": 200,
+    "learning_rate": 0.5,
+    "seed": 3,
+}
+STEPS = [0, 50, 100, 150, 200, 250, 300]
+
 
 @dataclass
 class Service:
@@ -41,13 +51,17 @@ class Service:
         self, experiment_id: int, done: Callable[[dict], bool], timeout: float = 120
     ) -> dict:
         """Poll GET /experiments/{id} until `done(experiment)`; fail with the logs if not."""
+        return self.poll(f"/experiments/{experiment_id}", done, timeout)
+
+    def poll(self, path: str, done: Callable[[dict], bool], timeout: float) -> dict:
+        """GET `path` until `done(its answer)`; fail with the answer and the logs if not."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            experiment = self.client.get(f"/experiments/{experiment_id}").json()
-            if done(experiment):
-                return experiment
+            answer = self.client.get(path).json()
+            if done(answer):
+                return answer
             time.sleep(0.2)
-        pytest.fail(f"experiment {experiment_id} stuck: {experiment}\n{self.log_tail()}")
+        pytest.fail(f"{path} stuck: {answer}\n{self.log_tail()}")
 
     def log_tail(self) -> str:
         return "\n".join(

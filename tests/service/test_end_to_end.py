@@ -7,17 +7,9 @@ import pytest
 from bnlab.models.checkpoint import load_net
 from bnlab.models.data import load_splits
 from bnlab.models.inference import ServedNet
-from tests.service.conftest import Service
+from tests.service.conftest import SMALL, Service
 
 pytestmark = pytest.mark.service
-
-SMALL = {
-    "training_batches": 300,
-    "batches_per_sample": 50,
-    "validation_size": 200,
-    "learning_rate": 0.5,
-    "seed": 3,
-}
 
 
 def finished(experiment: dict) -> bool:

@@ -7,18 +7,11 @@ from collections.abc import Iterator
 import pytest
 
 from bnlab.client import Event, parse_events
-from tests.service.conftest import Service
+from tests.service.conftest import SMALL, STEPS, Service
 
 pytestmark = pytest.mark.service
 
-SMALL = {
-    "training_batches": 300,
-    "batches_per_sample": 50,
-    "validation_size": 200,
-    "learning_rate": 0.5,
-    "seed": 5,
-}
-STEPS = [0, 50, 100, 150, 200, 250, 300]
+SPEC = {**SMALL, "seed": 5}
 
 
 def stream(
@@ -36,7 +29,7 @@ def points_of(events: list[Event]) -> list[tuple[str, int]]:
 
 
 def test_the_stream_follows_an_experiment_to_its_end(service: Service) -> None:
-    experiment_id = service.client.post("/experiments", json=SMALL).json()["id"]
+    experiment_id = service.client.post("/experiments", json=SPEC).json()["id"]
 
     received = list(stream(service, experiment_id))
 
@@ -50,7 +43,7 @@ def test_the_stream_follows_an_experiment_to_its_end(service: Service) -> None:
 
 
 def test_a_client_that_reconnects_with_last_event_id_misses_nothing(service: Service) -> None:
-    experiment_id = service.client.post("/experiments", json=SMALL).json()["id"]
+    experiment_id = service.client.post("/experiments", json=SPEC).json()["id"]
 
     first: list[Event] = []
     for event in stream(service, experiment_id):  # dropped after the point at step 100

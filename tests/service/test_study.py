@@ -4,18 +4,10 @@ batch-size effect, the activations and recalibration over HTTP."""
 
 import pytest
 
-from tests.service.conftest import Service
+from tests.service.conftest import SMALL, STEPS, Service
 
 pytestmark = pytest.mark.service
 
-SMALL = {
-    "training_batches": 300,
-    "batches_per_sample": 50,
-    "validation_size": 200,
-    "learning_rate": 0.5,
-    "seed": 3,
-}
-STEPS = [0, 50, 100, 150, 200, 250, 300]
 HIDDEN_LAYERS = 3  # the study's 784-100-100-100-10
 
 

@@ -6,7 +6,6 @@ worker that shuts down and resumed by the next one."""
 import csv
 import io
 import signal
-import time
 
 import pytest
 
@@ -21,13 +20,7 @@ GRID = {"activation": ["relu", "sigmoid"], "learning_rate": [0.05, 0.2]}
 
 
 def wait_for_sweep(service: Service, sweep_id: int, done, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sweep = service.client.get(f"/sweeps/{sweep_id}").json()
-        if done(sweep):
-            return sweep
-        time.sleep(0.3)
-    pytest.fail(f"sweep {sweep_id} stuck: {sweep}\n{service.log_tail()}")
+    return service.poll(f"/sweeps/{sweep_id}", done, timeout)
 
 
 def finished(sweep: dict) -> bool:

@@ -10,12 +10,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bnlab.store import leases, queries
 from bnlab.store.db import make_sessionmaker
-from bnlab.store.leases import Lease, LeaseLost
+from bnlab.store.leases import Lease, LeaseLost, Reaped
 from bnlab.store.migrate import upgrade
 from bnlab.store.retry import in_transaction
 from bnlab.store.tables import Experiment, utc_now
 
 SPEC = {"activation": "relu"}
+MAX_LOSSES = 3  # the default of BNLAB_MAX_WORKER_LOSSES
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def claim(
     sessions: sessionmaker[Session], experiment_id: int, worker: str, stale: float = 10
 ) -> Lease | None:
     with sessions() as session:
-        lease = leases.claim(session, experiment_id, worker, now_minus(stale))
+        lease = leases.claim(session, experiment_id, worker, now_minus(stale), MAX_LOSSES)
         session.commit()
         return lease
 
@@ -56,6 +57,22 @@ def row(sessions: sessionmaker[Session], experiment_id: int) -> Experiment:
         experiment = session.get(Experiment, experiment_id)
         assert experiment is not None
         return experiment
+
+
+def reap(session: Session) -> Reaped:
+    return leases.requeue_stale(session, "cpu", now_minus(10), MAX_LOSSES)
+
+
+def reap_committed(sessions: sessionmaker[Session]) -> Reaped:
+    with sessions() as session:
+        reaped = reap(session)
+        session.commit()
+        return reaped
+
+
+def die(sessions: sessionmaker[Session], experiment_id: int) -> None:
+    """The worker running the experiment stops heart-beating (SIGKILL, out of memory)."""
+    set_row(sessions, experiment_id, heartbeat_at=now_minus(60))
 
 
 def test_one_claim_wins_and_a_live_lease_is_not_taken(
@@ -118,11 +135,11 @@ def test_reaper_queries_requeue_dead_jobs_and_forgotten_messages_once(
     lease = claim(sessions, experiment_id, "worker-a")
     assert lease is not None
     with sessions() as session:
-        assert leases.requeue_stale(session, "cpu", now_minus(10)) == []  # alive
+        assert reap(session) == Reaped([], [])  # alive
     set_row(sessions, experiment_id, heartbeat_at=now_minus(60))
     with sessions() as session:
-        assert leases.requeue_stale(session, "cpu", now_minus(10)) == [experiment_id]
-        assert leases.requeue_stale(session, "cpu", now_minus(10)) == []  # only once
+        assert reap(session) == Reaped([experiment_id], [])
+        assert reap(session) == Reaped([], [])  # only once
         session.commit()
     assert row(sessions, experiment_id).status == "queued"
 
@@ -141,7 +158,7 @@ def test_a_dead_job_that_was_asked_to_cancel_is_cancelled_not_queued_again(
     assert claim(sessions, experiment_id, "worker-a") is not None
     set_row(sessions, experiment_id, cancel_requested=True, heartbeat_at=now_minus(60))
     with sessions() as session:
-        assert leases.requeue_stale(session, "cpu", now_minus(10)) == []
+        assert reap(session) == Reaped([], [])
         session.commit()
     assert row(sessions, experiment_id).status == "cancelled"
 
@@ -168,3 +185,52 @@ def test_retry_reruns_a_transaction_on_a_lost_connection_but_not_on_an_integrity
     with pytest.raises(IntegrityError):
         in_transaction(sessions, duplicate, budget_seconds=10)
     assert len(calls) == 1
+
+
+def test_a_job_whose_worker_dies_every_time_fails_at_the_cap_with_the_reason(
+    sessions: sessionmaker[Session], experiment_id: int
+) -> None:
+    for losses in range(1, MAX_LOSSES):
+        assert claim(sessions, experiment_id, f"worker-{losses}") is not None
+        die(sessions, experiment_id)
+        assert reap_committed(sessions) == Reaped([experiment_id], [])
+        stored = row(sessions, experiment_id)
+        assert (stored.status, stored.worker_losses) == ("queued", losses)
+    assert claim(sessions, experiment_id, "worker-last") is not None
+    die(sessions, experiment_id)
+    assert reap_committed(sessions) == Reaped([], [experiment_id])
+    failed = row(sessions, experiment_id)
+    assert (failed.status, failed.worker, failed.worker_losses) == ("failed", None, MAX_LOSSES)
+    assert failed.finished_at is not None
+    assert failed.error == (
+        f"its worker died {MAX_LOSSES} times while running it (killed, out of memory?); "
+        "not retried again"
+    )
+    assert claim(sessions, experiment_id, "worker-after") is None  # a late message: nothing
+
+
+def test_taking_a_dead_worker_s_job_by_a_claim_counts_and_the_cap_is_left_to_the_reaper(
+    sessions: sessionmaker[Session], experiment_id: int
+) -> None:
+    # A redelivered message (Redis's visibility timeout, a re-enqueue) reaches a live worker
+    # before the reaper does: that too takes the job from a dead worker.
+    assert claim(sessions, experiment_id, "worker-a") is not None
+    for losses in range(1, MAX_LOSSES):
+        die(sessions, experiment_id)
+        assert claim(sessions, experiment_id, f"worker-{losses}") is not None
+        assert row(sessions, experiment_id).worker_losses == losses
+    die(sessions, experiment_id)
+    assert claim(sessions, experiment_id, "worker-last") is None  # the last loss: not taken
+    assert reap_committed(sessions) == Reaped([], [experiment_id])
+    assert row(sessions, experiment_id).status == "failed"
+
+
+def test_handing_a_job_back_is_no_loss(sessions: sessionmaker[Session], experiment_id: int) -> None:
+    for worker in range(MAX_LOSSES + 1):  # SIGTERM on its worker, again and again
+        lease = claim(sessions, experiment_id, f"worker-{worker}")
+        assert lease is not None
+        with sessions() as session:
+            leases.hand_back(session, lease)
+            session.commit()
+    stored = row(sessions, experiment_id)
+    assert (stored.status, stored.worker_losses) == ("queued", 0)

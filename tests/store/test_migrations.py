@@ -4,7 +4,7 @@ from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import CheckConstraint, create_engine, inspect
+from sqlalchemy import CheckConstraint, create_engine, inspect, text
 
 from bnlab.store.migrate import downgrade, upgrade
 from bnlab.store.tables import Base
@@ -50,7 +50,7 @@ def test_upgrade_creates_exactly_the_orm_schema(database_url: str) -> None:
 
     tables, revision, checks = reflect(database_url)
     assert tables == BNLAB_TABLES | {"alembic_version"}
-    assert revision == "0002"
+    assert revision == "0003"
     assert schema_diff(database_url) == []
     # autogenerate ignores check constraints: compare their names by hand.
     expected_checks = {
@@ -74,7 +74,7 @@ def test_downgrade_to_base_removes_everything_and_upgrade_again_works(database_u
     upgrade(database_url)
     tables, revision, _ = reflect(database_url)
     assert tables == BNLAB_TABLES | {"alembic_version"}
-    assert revision == "0002"
+    assert revision == "0003"
     assert schema_diff(database_url) == []
 
 
@@ -82,3 +82,22 @@ def test_orm_schema_without_migrations_differs(sqlite_url: str) -> None:
     # The comparison above can fail: an empty database is reported as missing every table.
     added = {op[1].name for op in schema_diff(sqlite_url) if op[0] == "add_table"}
     assert added == BNLAB_TABLES
+
+
+def test_experiments_stored_before_0003_start_with_no_worker_losses(database_url: str) -> None:
+    # A database in use is upgraded with rows in it: the new NOT NULL column needs a default.
+    upgrade(database_url, "0002")
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO experiments (status, queue, spec, created_at, progress_step, "
+                "progress_total, lease_token) "
+                "VALUES ('running', 'cpu', '{}', CURRENT_TIMESTAMP, 0, 100, 2)"
+            )
+        )
+    upgrade(database_url)
+    with engine.connect() as connection:
+        losses = connection.execute(text("SELECT worker_losses FROM experiments")).scalars()
+        assert list(losses) == [0]
+    engine.dispose()

@@ -8,7 +8,7 @@ from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from bnlab.api import idempotency, plotting, submit
-from bnlab.api.content import JSON_ONLY
+from bnlab.api.content import JSON_ONLY, NOT_JSON
 from bnlab.api.deps import BrokerDep, ExperimentDep, SessionDep, SettingsDep
 from bnlab.api.idempotency import IdempotencyKey
 from bnlab.api.schemas import (
@@ -39,16 +39,8 @@ NOT_FOUND = {404: {"model": Message, "description": "No experiment with that id.
     status_code=202,
     dependencies=[JSON_ONLY],
     responses={
-        202: {
-            "headers": {
-                "Location": {"description": "The experiment's URL."},
-                idempotency.REPLAYED_HEADER: {
-                    "description": "`true` when an earlier request with this Idempotency-Key "
-                    "made the experiment."
-                },
-            }
-        },
-        415: {"model": Message, "description": "The body is not JSON."},
+        202: idempotency.created("experiment"),
+        **NOT_JSON,
         503: {"model": Message, "description": "Stored, but the broker did not take the job."},
     },
 )
@@ -61,17 +53,15 @@ def create_experiment(
     idempotency_key: IdempotencyKey = None,
 ) -> ExperimentOut:
     """Queue a paired experiment (plain and BN nets from the same initial weights)."""
-    experiment, replayed = idempotency.once(
+    experiment = idempotency.create_once(
         session,
         Experiment,
         idempotency_key,
+        response,
         create=lambda: submit.submit_experiment(session, broker, spec, idempotency_key),
-        same=lambda earlier: earlier.spec == spec.model_dump(mode="json"),
+        body=spec,
         what="experiment",
     )
-    if replayed:
-        idempotency.mark_replayed(response)
-    response.headers["Location"] = f"/experiments/{experiment.id}"
     return _present(experiment, session, settings)
 
 

@@ -5,6 +5,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from bnlab.api.deps import BrokerDep, SessionDep, SettingsDep
+from bnlab.api.errors import RETRY_AFTER_SECONDS
 from bnlab.api.redact import reason
 from bnlab.api.schemas import Health
 from bnlab.api.workers import live_worker_counts
@@ -27,4 +28,5 @@ def health(
     broker_state = broker.check()
     if database != "ok" or broker_state != "ok":
         response.status_code = 503
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return Health(database=database, broker=broker_state, workers=workers)  # type: ignore[arg-type]

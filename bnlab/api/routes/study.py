@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated
 from uuid import uuid4
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,18 +33,12 @@ from bnlab.api.study.schemas import (
     RecalibrationOut,
     WholeTestSet,
 )
-from bnlab.api.study.sources import (
-    demo_net,
-    one_torch_thread,
-    require_bn_of_succeeded,
-    splits_of,
-)
+from bnlab.api.study.sources import StudyNet, one_torch_thread, require_bn_of_succeeded
 from bnlab.models.checkpoint import save_net
 from bnlab.models.collapse import batch_size_effect, batch_sizes, one_at_a_time
 from bnlab.models.inference import Mode, accuracy
 from bnlab.models.probes import DEAD, PROBE_SIZE
 from bnlab.models.recalibration import recalibrate
-from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.tables import Experiment, LayerStat
 
@@ -71,24 +65,33 @@ DEMO_ERRORS = {
 PNG = {200: {"content": {"image/png": {}}, "description": "The plot."}}
 
 
-@router.post("/{experiment_id}/collapse", responses=DEMO_ERRORS)
-def collapse(
+async def study_net(
     request: Request,
     experiment: ExperimentDep,
     settings: SettingsDep,
+    variant: VariantQuery = "bn",
+    version: VersionQuery = None,
+) -> StudyNet:
+    return StudyNet(experiment, variant, version, served_nets(request), settings)
+
+
+StudyNetDep = Annotated[StudyNet, Depends(study_net)]
+
+
+@router.post("/{experiment_id}/collapse", responses=DEMO_ERRORS)
+def collapse(
+    net: StudyNetDep,
     n: Annotated[
         int,
         Query(ge=1, le=MAX_COLLAPSE_IMAGES, description="How many test images, from the first."),
     ] = 200,
-    variant: VariantQuery = "bn",
-    version: VersionQuery = None,
 ) -> CollapseOut:
     """The study's last experiment: predict the first n test images one at a time with
     population and with batch statistics. One image's own statistics turn every BN output into
     beta, so every image gets the same class; the whole test set in large batches shows batch
     statistics doing almost as well as population ones: the collapse is about batch size."""
-    loaded = demo_net(request, experiment, variant, version, "the collapse demo")
-    test = splits_of(experiment, settings).test
+    loaded = net.served("the collapse demo")
+    test = net.splits().test
     if n > len(test):
         raise HTTPException(422, f"n is {n}, but the test set has only {len(test)} images")
     stack, labels = loaded.net.stack, test.labels[:n]
@@ -101,8 +104,8 @@ def collapse(
         [population] = accuracy(stack, test, "population")
         [batch] = accuracy(stack, test, "batch", batch_size=LARGE_BATCH)
     return CollapseOut(
-        experiment_id=experiment.id,
-        variant=variant,
+        experiment_id=net.experiment.id,
+        variant=net.variant,
         checkpoint_version=loaded.checkpoint_version,
         n=n,
         labels=labels.tolist(),
@@ -117,17 +120,11 @@ def collapse(
 
 
 @router.get("/{experiment_id}/batch-size-effect", responses=DEMO_ERRORS)
-def get_batch_size_effect(
-    request: Request,
-    experiment: ExperimentDep,
-    settings: SettingsDep,
-    variant: VariantQuery = "bn",
-    version: VersionQuery = None,
-) -> BatchSizeEffectOut:
+def get_batch_size_effect(net: StudyNetDep) -> BatchSizeEffectOut:
     """Test accuracy with BN on batch statistics for inference batches of 1, 2, 4, ... 1024
     images (up to the test set's size), and with population statistics for reference: where the
     collapse ends."""
-    return _batch_size_effect(request, experiment, settings, variant, version)
+    return _batch_size_effect(net)
 
 
 @router.get(
@@ -135,34 +132,22 @@ def get_batch_size_effect(
     response_class=Response,
     responses={**PNG, **DEMO_ERRORS},
 )
-def get_batch_size_effect_png(
-    request: Request,
-    experiment: ExperimentDep,
-    settings: SettingsDep,
-    variant: VariantQuery = "bn",
-    version: VersionQuery = None,
-) -> Response:
+def get_batch_size_effect_png(net: StudyNetDep) -> Response:
     """The batch-size effect, plotted: accuracy against batch size, population as a line."""
-    effect = _batch_size_effect(request, experiment, settings, variant, version)
-    return Response(plots.batch_size_effect_png(effect, experiment.spec), media_type="image/png")
+    png = plots.batch_size_effect_png(_batch_size_effect(net), net.experiment.spec)
+    return Response(png, media_type="image/png")
 
 
-def _batch_size_effect(
-    request: Request,
-    experiment: Experiment,
-    settings: Settings,
-    variant: str,
-    version: int | None,
-) -> BatchSizeEffectOut:
-    loaded = demo_net(request, experiment, variant, version, "the batch-size effect")
-    test = splits_of(experiment, settings).test
+def _batch_size_effect(net: StudyNet) -> BatchSizeEffectOut:
+    loaded = net.served("the batch-size effect")
+    test = net.splits().test
     sizes = batch_sizes(len(test))
     with one_torch_thread():
         effect = batch_size_effect(loaded.net.stack, test, sizes)
         [population] = accuracy(loaded.net.stack, test, "population")
     return BatchSizeEffectOut(
-        experiment_id=experiment.id,
-        variant=variant,  # type: ignore[arg-type]  # checked by require_bn_of_succeeded
+        experiment_id=net.experiment.id,
+        variant=net.variant,
         checkpoint_version=loaded.checkpoint_version,
         images=len(test),
         sizes=sizes,
@@ -224,25 +209,19 @@ def _layer_series(stats: list[LayerStat]) -> list[LayerSeries]:
 
 
 @router.post("/{experiment_id}/recalibrate", status_code=201, responses=DEMO_ERRORS)
-def recalibrate_bn(
-    request: Request,
-    experiment: ExperimentDep,
-    session: SessionDep,
-    settings: SettingsDep,
-    variant: VariantQuery = "bn",
-    version: VersionQuery = None,
-) -> RecalibrationOut:
+def recalibrate_bn(net: StudyNetDep, session: SessionDep) -> RecalibrationOut:
     """Re-estimate the bn net's population statistics as true averages over the training split
     (one pass per BN layer; "precise BN") instead of the decayed running estimate, and keep the
     result as a new checkpoint version that /predict and the demos take as ?version=. `version`
     names the checkpoint to start from (default latest)."""
+    experiment, variant, version = net.experiment, net.variant, net.version
     require_bn_of_succeeded(experiment, variant, "recalibration")
     checkpoint = queries.checkpoint_of(session, experiment.id, variant, version)
     if checkpoint is None:
         which = f"version {version}" if version else "checkpoint yet"
         raise HTTPException(404, f"experiment {experiment.id} has no {variant} {which}")
-    stack, meta = open_checkpoint(checkpoint, experiment.id, variant, settings)
-    splits = splits_of(experiment, settings)
+    stack, meta = open_checkpoint(checkpoint, experiment.id, variant, net.settings)
+    splits = net.splits()
     with one_torch_thread():
         recalibrated = recalibrate(stack, splits.train, RECALIBRATION_BATCH)
         [before] = accuracy(stack, splits.test, "population")
@@ -272,7 +251,7 @@ def recalibrate_bn(
             f"another recalibration of experiment {experiment.id} finished at the same "
             "moment; try again",
         ) from None
-    served_nets(request).forget_latest(experiment.id, variant)
+    net.nets.forget_latest(experiment.id, variant)
     return RecalibrationOut(
         experiment_id=experiment.id,
         variant=variant,

@@ -4,12 +4,12 @@ its report as JSON, CSV or Markdown, and its curves as one PNG."""
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from sqlalchemy.orm import Session
 
 from bnlab.api import idempotency
-from bnlab.api.content import JSON_ONLY
-from bnlab.api.deps import BrokerDep, SessionDep, SettingsDep
+from bnlab.api.content import JSON_ONLY, NOT_JSON
+from bnlab.api.deps import BrokerDep, SessionDep, SettingsDep, SweepDep
 from bnlab.api.idempotency import IdempotencyKey
 from bnlab.api.schemas import MAX_ID, Message, Progress
 from bnlab.api.sweeps import plots, report
@@ -36,34 +36,14 @@ DEFAULT_TOLERANCE = 0.01
 ReportFormat = Literal["json", "csv", "md"]
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "md": "text/markdown; charset=utf-8"}
 
-SweepId = Annotated[int, Path(ge=1, le=MAX_ID, description="The sweep's id.")]
-
-
-def get_sweep(sweep_id: SweepId, session: SessionDep) -> Sweep:
-    sweep = queries.get_sweep(session, sweep_id)
-    if sweep is None:
-        raise HTTPException(404, f"no sweep with id {sweep_id}")
-    return sweep
-
-
-SweepDep = Annotated[Sweep, Depends(get_sweep)]
-
 
 @router.post(
     "",
     status_code=202,
     dependencies=[JSON_ONLY],
     responses={
-        202: {
-            "headers": {
-                "Location": {"description": "The sweep's URL."},
-                idempotency.REPLAYED_HEADER: {
-                    "description": "`true` when an earlier request with this Idempotency-Key "
-                    "made the sweep."
-                },
-            }
-        },
-        415: {"model": Message, "description": "The body is not JSON."},
+        202: idempotency.created("sweep"),
+        **NOT_JSON,
         422: {"description": "Unknown fields, empty value lists, too many cells, a bad value."},
         503: {"model": Message, "description": "Stored, but the broker did not take its jobs."},
     },
@@ -83,17 +63,15 @@ def create_sweep(
         specs = expand(body, settings.max_sweep_cells)
     except SweepRejected as error:
         raise HTTPException(422, str(error)) from None
-    sweep, replayed = idempotency.once(
+    sweep = idempotency.create_once(
         session,
         Sweep,
         idempotency_key,
+        response,
         create=lambda: submit_sweep(session, broker, settings, body, specs, idempotency_key),
-        same=lambda earlier: earlier.spec == body.model_dump(mode="json"),
+        body=body,
         what="sweep",
     )
-    if replayed:
-        idempotency.mark_replayed(response)
-    response.headers["Location"] = f"/sweeps/{sweep.id}"
     return _present(session, settings, sweep.id)
 
 

@@ -2,12 +2,13 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
-from fastapi import HTTPException, Request
+from fastapi import HTTPException
 
-from bnlab.api.deps import served_nets
-from bnlab.api.serving import LoadedNet
+from bnlab.api.schemas import Variant
+from bnlab.api.serving import LoadedNet, ServedNets
 from bnlab.models.data import DataUnavailable, Splits, load_splits
 from bnlab.settings import Settings
 from bnlab.store.tables import Experiment
@@ -29,27 +30,35 @@ def require_bn_of_succeeded(experiment: Experiment, variant: str, what: str) -> 
         )
 
 
-def demo_net(
-    request: Request, experiment: Experiment, variant: str, version: int | None, what: str
-) -> LoadedNet:
-    """The served net of that checkpoint version (latest for None), from /predict's cache."""
-    require_bn_of_succeeded(experiment, variant, what)
-    return served_nets(request).loaded(experiment.id, variant, version)
+@dataclass(frozen=True)
+class StudyNet:
+    """The trained net a study route asks about: an experiment's variant at a checkpoint version
+    (None: the latest), with the app's served nets and settings to reach it and its data."""
 
+    experiment: Experiment
+    variant: Variant
+    version: int | None
+    nets: ServedNets
+    settings: Settings
 
-def splits_of(experiment: Experiment, settings: Settings) -> Splits:
-    """The experiment's dataset, split as its worker split it."""
-    spec = experiment.spec
-    try:
-        return load_splits(
-            spec.get("dataset", "mnist"),
-            settings.data_dir,
-            settings.download,
-            spec.get("validation_size", 5000),
-        )
-    except (DataUnavailable, ValueError) as error:  # ValueError: data too small for the split
-        message = f"the API cannot read experiment {experiment.id}'s data: {error}"
-        raise HTTPException(503, message) from None
+    def served(self, what: str) -> LoadedNet:
+        """The net, from /predict's cache; a 409 unless `what` can run on it."""
+        require_bn_of_succeeded(self.experiment, self.variant, what)
+        return self.nets.loaded(self.experiment.id, self.variant, self.version)
+
+    def splits(self) -> Splits:
+        """The experiment's dataset, split as its worker split it."""
+        spec = self.experiment.spec
+        try:
+            return load_splits(
+                spec.get("dataset", "mnist"),
+                self.settings.data_dir,
+                self.settings.download,
+                spec.get("validation_size", 5000),
+            )
+        except (DataUnavailable, ValueError) as error:  # ValueError: data too small for the split
+            message = f"the API cannot read experiment {self.experiment.id}'s data: {error}"
+            raise HTTPException(503, message) from None
 
 
 @contextmanager

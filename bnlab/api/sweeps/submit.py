@@ -11,10 +11,11 @@ from fastapi import HTTPException
 from sqlalchemy.orm import Session
 
 from bnlab.api.broker import Broker
+from bnlab.api.submit import fail_unqueued
 from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
 from bnlab.store import queries
-from bnlab.store.tables import Experiment, Sweep, utc_now
+from bnlab.store.tables import Experiment, Sweep
 from bnlab.sweeps import SweepRequest, groups
 
 
@@ -66,14 +67,7 @@ def _not_queued(
     cells: list[Experiment],
     error: Exception,
 ) -> HTTPException:
-    cause = broker.describe(error)
-    for cell in cells:
-        cell.status = "failed"
-        cell.error = f"could not be queued, the broker did not take the job ({cause})"
-        cell.finished_at = utc_now()
-    # The key is freed: the client is told to submit again, and its retry must make a new sweep.
-    sweep.idempotency_key = None
-    session.commit()
+    cause = fail_unqueued(session, broker, error, sweep, cells)
     return HTTPException(
         503,
         f"sweep {sweep.id} was stored but {len(cells)} of its cells could not be queued: the "
