@@ -5,11 +5,13 @@ by one thread; lanes run in parallel, one core each, and meet at every sample po
 pair is two lanes of one net, so `plain` and `bn` train on both cores at once.
 
 Plain SGD: each net's loss is weighted by its own learning rate and torch's SGD steps with lr 1,
-the same update with one optimizer for a whole stack. Every `batches_per_sample` steps (and at
-step 0, before any training) the trainer reports each net's validation accuracy with population
-statistics and its mean training loss since the last report. A net whose loss turns non-finite
-is `diverged` (at that step): at the next sample point it is taken out of its stack and frozen,
-while the others carry on.
+the same update with one optimizer for a whole stack. MLPs with torch's BN kernel (the default)
+take that step written out (`backprop`): the same numbers, without autograd's bookkeeping.
+
+Every `batches_per_sample` steps (and at step 0, before any training) the trainer reports each
+net's validation accuracy with population statistics and its mean training loss since the last
+report. A net whose loss turns non-finite is `diverged` (at that step): at the next sample point
+it is taken out of its stack and frozen, while the others carry on.
 """
 
 import os
@@ -24,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnlab.models import backprop
+from bnlab.models.backprop import WrittenOutStep
 from bnlab.models.batchnorm import BNImpl
 from bnlab.models.data import BatchOrder, Split, Splits, to_inputs
 from bnlab.models.graphs import GraphedStep
@@ -102,8 +106,16 @@ class Lane:
         rates = [self.nets[label].learning_rate for label in active]
         self._loss_weights = torch.tensor(rates, device=self.device)
         self._graph: GraphedStep | None = None  # captured at the first step on a GPU
-        if active:
+        self._written_out: WrittenOutStep | None = None
+        if active and backprop.applies(stack):
+            self._written_out = WrittenOutStep(stack, self._loss_weights)
+        elif active:
             self._losses = _traced_losses(stack, self.train_split, self.order.batch_size)
+
+    @property
+    def written_out(self) -> bool:
+        """Whether this lane steps with `backprop`'s written-out step (else autograd)."""
+        return self._written_out is not None
 
     def train(self, first_step: int, end_step: int) -> None:
         """Steps [first_step, end_step): one sample interval."""
@@ -138,7 +150,10 @@ class Lane:
         return self._graph.replay(indices)
 
     def _step(self, indices: Tensor) -> Tensor:
-        losses = self._losses(self.train_split.images[indices], self.train_split.labels[indices])
+        images, labels = self.train_split.images[indices], self.train_split.labels[indices]
+        if self._written_out is not None:
+            return self._written_out(images, labels)
+        losses = self._losses(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
         losses.dot(self._loss_weights).backward()
         self.optimizer.step()

@@ -1,0 +1,64 @@
+"""The written-out training step trains as autograd does: every activation, both variants, each
+net with its own learning rate, up to float rounding."""
+
+import pytest
+import torch
+
+from bnlab.models import backprop
+from bnlab.models.data import Splits
+from bnlab.models.network import ACTIVATIONS, Architecture, NetStack, initial_weights
+from bnlab.models.stacked import Cell, stacked_trainer
+from bnlab.models.trainer import Sample, Trainer, TrainingSpec
+from tests.models.conftest import CPU
+
+RATES = (0.02, 0.05, 0.1)
+
+
+def trained(arch: Architecture, splits: Splits) -> tuple[Trainer, list[Sample]]:
+    cells = [
+        Cell(f"c{i}", TrainingSpec(learning_rate=rate, training_batches=40, batches_per_sample=20))
+        for i, rate in enumerate(RATES)
+    ]
+    trainer = stacked_trainer(arch, cells, splits, CPU, "torch")
+    samples: list[Sample] = []
+    trainer.run(samples.append)
+    return trainer, samples
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_the_written_out_step_trains_as_autograd_does(
+    splits: Splits, activation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arch = Architecture(activation=activation)
+    written_out, written_out_curve = trained(arch, splits)
+    monkeypatch.setattr(backprop, "applies", lambda stack: False)
+    autograd, autograd_curve = trained(arch, splits)
+    assert all(lane.written_out for lane in written_out.lanes)
+    assert not any(lane.written_out for lane in autograd.lanes)
+
+    for label in autograd.labels:
+        ours, theirs = written_out.net_state(label), autograd.net_state(label)
+        for name, tensor in theirs.items():  # weights, biases, gamma, beta, running statistics
+            torch.testing.assert_close(ours[name], tensor, rtol=0, atol=1e-6, msg=name)
+    for ours, theirs in zip(written_out_curve, autograd_curve, strict=True):
+        for label, net in theirs.nets.items():
+            mine = ours.nets[label]
+            assert mine.val_accuracy == pytest.approx(net.val_accuracy, abs=1e-9)
+            if net.train_loss is not None:
+                assert mine.train_loss == pytest.approx(net.train_loss, rel=1e-5)
+            # the probes read the same weight gradients
+            for layer, their_layer in zip(mine.layers, net.layers, strict=True):
+                if their_layer.grad_norm is not None:
+                    assert layer.grad_norm == pytest.approx(their_layer.grad_norm, rel=1e-4)
+
+
+def stack(arch: Architecture, variant: str, bn_impl: str) -> NetStack:
+    return NetStack(arch, variant, [initial_weights(arch, 0.05, 0)], bn_impl)  # type: ignore[arg-type]
+
+
+def test_conv_nets_and_the_reference_bn_train_through_autograd() -> None:
+    mlp, conv = Architecture(), Architecture(conv_channels=(4,), hidden_layers=(8,))
+    assert backprop.applies(stack(mlp, "bn", "torch"))
+    assert backprop.applies(stack(mlp, "plain", "bnlab"))
+    assert not backprop.applies(stack(mlp, "bn", "bnlab"))
+    assert not backprop.applies(stack(conv, "plain", "torch"))
