@@ -337,6 +337,28 @@ def uninterrupted_weights(
     return _uninterrupted[key]
 
 
+def stop_gracefully(worker: subprocess.Popen) -> None:
+    """SIGTERM a worker: it exits 0 and leaves no pool process behind."""
+    family = psutil.Process(worker.pid).children(recursive=True)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=120) == 0
+    assert not [p for p in family if p.is_running()], "a pool process outlived its worker"
+
+
+def assert_handed_back(service: Service, experiment_id: int, spec: dict) -> int:
+    """The experiment is queued again with its curve so far and its training state saved;
+    returns the step it will resume at."""
+    handed_back = service.client.get(f"/experiments/{experiment_id}").json()
+    assert handed_back["status"] == "queued", handed_back
+    step = handed_back["progress"]["step"]
+    assert 100 <= step < spec["training_batches"]
+    every = spec["batches_per_sample"]
+    assert curve_steps(service, experiment_id)["bn"] == list(range(0, step + 1, every))
+    state = service_settings(service).checkpoint_dir / f"experiment-{experiment_id}"
+    assert (state / "training-state.safetensors").is_file()
+    return step
+
+
 def assert_same_weights(service: Service, experiment_id: int, spec: dict, data_dir: Path) -> None:
     """The served checkpoints hold exactly the tensors of an uninterrupted run (a diverged
     net's NaNs in the same places)."""

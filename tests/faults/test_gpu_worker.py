@@ -3,11 +3,9 @@ there, and SIGTERM hands it back for the next GPU worker to resume, as on the CP
 no CUDA GPU is visible (CI's machine has none); the embedded stack only, since a GPU machine
 lent for checks runs no PostgreSQL or Redis."""
 
-import signal
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
@@ -15,10 +13,10 @@ from tests.faults.conftest import (
     FAULT_SETTINGS,
     SPEC,
     assert_complete_curve,
+    assert_handed_back,
     checkpoint,
-    curve_steps,
     finished,
-    service_settings,
+    stop_gracefully,
     uninterrupted_weights,
 )
 from tests.service.conftest import Service, running_service, service_env
@@ -30,7 +28,6 @@ pytestmark = [
 
 # Long enough that the GPU is still training when the signal comes.
 GPU_SPEC = {**SPEC, "device": "gpu", "training_batches": 3000}
-INTERVAL = GPU_SPEC["batches_per_sample"]
 
 
 def start_gpu_worker(service: Service, name: str) -> None:
@@ -50,19 +47,8 @@ def test_sigterm_on_a_gpu_worker_hands_its_job_back_for_the_next_one_to_resume(
         experiment_id = service.client.post("/experiments", json=GPU_SPEC).json()["id"]
         service.wait_for(experiment_id, lambda e: e["progress"]["step"] >= 100)
 
-        worker = service.processes["worker-gpu"]
-        family = psutil.Process(worker.pid).children(recursive=True)
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=120) == 0
-        assert not [p for p in family if p.is_running()], "a process outlived its worker"
-
-        handed_back = service.client.get(f"/experiments/{experiment_id}").json()
-        assert handed_back["status"] == "queued", handed_back
-        step = handed_back["progress"]["step"]
-        assert 100 <= step < GPU_SPEC["training_batches"]
-        assert curve_steps(service, experiment_id)["bn"] == list(range(0, step + 1, INTERVAL))
-        state = service_settings(service).checkpoint_dir / f"experiment-{experiment_id}"
-        assert (state / "training-state.safetensors").is_file()
+        stop_gracefully(service.processes["worker-gpu"])
+        step = assert_handed_back(service, experiment_id, GPU_SPEC)
 
         start_gpu_worker(service, "worker-gpu-next")
         experiment = service.wait_for(experiment_id, finished)

@@ -17,11 +17,12 @@ from tests.faults.conftest import (
     SPEC,
     StartService,
     assert_complete_curve,
+    assert_handed_back,
     assert_same_weights,
     curve_steps,
     experiment_row,
     finished,
-    service_settings,
+    stop_gracefully,
 )
 from tests.service.conftest import Service, _wait_until_ready, service_env
 
@@ -59,20 +60,8 @@ def test_sigterm_on_a_worker_hands_its_job_back_for_the_next_worker_to_resume(
     service = start_service()
     experiment_id = service.client.post("/experiments", json=SPEC).json()["id"]
     service.wait_for(experiment_id, lambda e: e["progress"]["step"] >= 100)
-    worker = service.processes["worker-cpu"]
-    family = psutil.Process(worker.pid).children(recursive=True)
-
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=120) == 0
-    assert not [p for p in family if p.is_running()], "a pool process outlived its worker"
-
-    handed_back = service.client.get(f"/experiments/{experiment_id}").json()
-    assert handed_back["status"] == "queued"
-    step = handed_back["progress"]["step"]
-    assert 100 <= step < SPEC["training_batches"]
-    assert curve_steps(service, experiment_id)["bn"] == list(range(0, step + 1, INTERVAL))
-    state_file = service_settings(service).checkpoint_dir / f"experiment-{experiment_id}"
-    assert (state_file / "training-state.safetensors").is_file()
+    stop_gracefully(service.processes["worker-cpu"])
+    step = assert_handed_back(service, experiment_id, SPEC)
 
     service.start_worker("cpu", name="worker-next")
     experiment = service.wait_for(experiment_id, finished)
