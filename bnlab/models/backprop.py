@@ -156,7 +156,10 @@ def _step(
     h = x.t()  # (784, batch): the first layer's input, shared by every net
     for layer in range(hidden):
         w = weights[layer]
-        z = torch.mm(w.flatten(0, 1), h).view(nets, -1, batch) if layer == 0 else torch.bmm(w, h)
+        if layer == 0:  # x W^T, then turned: MKL runs this GEMM ~20% faster than W x^T
+            z = torch.mm(x, w.flatten(0, 1).t()).t().contiguous().view(nets, -1, batch)
+        else:
+            z = torch.bmm(w, h)
         if len(bn) > 0:
             gamma, beta, mean, var = bn[layer][0], bn[layer][1], bn[layer][2], bn[layer][3]
             y, batch_mean, invstd = torch.native_batch_norm(
