@@ -65,9 +65,10 @@ class WrittenOutStep:
     def __init__(self, stack: NetStack, learning_rates: Tensor) -> None:
         self.stack = stack
         self.weights = [w.detach() for w in stack.weights]
+        self.grads: list[Tensor] = []
         for weight in stack.weights[:-1]:  # where probes read the gradients
             weight.grad = torch.zeros_like(weight)
-        self.grads = [w.grad.detach() for w in stack.weights[:-1] if w.grad is not None]
+            self.grads.append(weight.grad)
         self.biases = [b.detach() for b in stack.biases]
         norms = list(stack.norms)
         self.bn = [
@@ -104,7 +105,7 @@ class WrittenOutStep:
 def _compiled() -> torch.jit.ScriptFunction:
     """Compiled at the first training step, not at import: serving never needs it."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")
         return torch.jit.script(_step)
 
 
