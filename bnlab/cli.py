@@ -72,6 +72,7 @@ def worker(
     """Run a Celery worker for one queue. GPU workers use the solo pool: no fork after CUDA."""
     # Now, not only when Celery sets up logging: its start-up warnings are log lines too.
     logs.configure(get_settings().log_format)
+    _yield_cpu_to_api(get_settings().worker_nice)
     from bnlab.worker.app import celery_app
 
     pool = (
@@ -83,6 +84,18 @@ def worker(
     quiet = ["--quiet"] if get_settings().log_format == "json" else []
     celery_app.worker_main(
         [*quiet, "worker", "-Q", queue.value, "-n", name, "--loglevel", "INFO", *pool]
+    )
+
+
+def _yield_cpu_to_api(niceness: int) -> None:
+    """Lower this process's CPU priority to `niceness` before Celery starts a thread or forks
+    its pool: both inherit it, so training waits whenever the API (normal priority) needs a
+    core. Only ever lowered: an unprivileged process cannot raise it back."""
+    now = os.nice(max(0, niceness - os.nice(0)))
+    logging.getLogger("bnlab.worker").info(
+        "training at niceness %d (BNLAB_WORKER_NICE=%d): the API comes first for the CPU",
+        now,
+        niceness,
     )
 
 

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # reaches it: the embedded default binds 127.0.0.1 only.
     api_token: SecretStr | None = None
     worker_heartbeat_seconds: float = 2.0
+    # Workers train at this niceness (set once at start, inherited by pool processes), so the
+    # API, at normal priority, gets a core whenever it wants one; idle CPU still goes to training.
+    worker_nice: int = Field(10, ge=0, le=19)
     # Sweeps (bnlab/sweeps.py): the most cells one sweep may have, and the most cells trained as
     # one batched model by one worker (a bigger group is split, so more workers share it).
     max_sweep_cells: int = Field(256, ge=1)
