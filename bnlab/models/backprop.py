@@ -4,14 +4,15 @@ Autograd records some 60 nodes per step and walks them back; for nets this small
 bookkeeping costs about as much as the arithmetic. Written out, a step is the forward's ops,
 their derivatives in reverse order and an in-place update, compiled once with TorchScript (so a
 lane's thread holds the GIL for one call per step, not for each op). Activations are laid out
-(net, feature, batch): every product is one batched GEMM on contiguous operands, and BN's
-per-feature statistics are per row.
+(batch, net * feature), the layout torch's BN kernel is fastest on (3x against (feature,
+batch) rows); each net's product reads and writes its slice of it in place through one batched
+GEMM, and the first layer, whose input every net shares, is a single GEMM.
 
-Hidden layer :math:`l` of each net, for a batch :math:`h` laid out (in, batch):
+Hidden layer :math:`l` of each net, for a batch :math:`h` laid out (batch, in):
 
 .. math::
 
-    z = W h \;(+\, b \text{ for plain}) \qquad y = \mathrm{BN}(z) \text{ for bn} \qquad
+    z = h W^\top \;(+\, b \text{ for plain}) \qquad y = \mathrm{BN}(z) \text{ for bn} \qquad
     h' = \mathrm{act}(y)
 
 Backward, from :math:`\delta = \partial L / \partial h'`:
@@ -19,8 +20,8 @@ Backward, from :math:`\delta = \partial L / \partial h'`:
 .. math::
 
     \frac{\partial L}{\partial y} = \delta \odot \mathrm{act}'(y) \qquad
-    \frac{\partial L}{\partial W} = \frac{\partial L}{\partial z}\, h^\top \qquad
-    \frac{\partial L}{\partial h} = W^\top \frac{\partial L}{\partial z}
+    \frac{\partial L}{\partial W} = \Big(\frac{\partial L}{\partial z}\Big)^{\!\top} h \qquad
+    \frac{\partial L}{\partial h} = \frac{\partial L}{\partial z}\, W
 
 with :math:`\partial L / \partial z` from BN's backward (torch's kernel, which also gives
 :math:`\partial L/\partial\gamma` and :math:`\partial L/\partial\beta`), or equal to
@@ -30,8 +31,9 @@ update is :math:`\theta \leftarrow \theta - \partial L/\partial\theta`: what `La
 step does with SGD at learning rate 1. The same numbers up to float rounding (the tests hold
 it to 1e-6 over a training run).
 
-Hidden layers' weight gradients stay in ``weight.grad``, as autograd would leave them, for
-`probes.weight_grad_norms`.
+At the last step before a sample point the hidden layers' weight gradients are left in
+``weight.grad``, as autograd would leave them, for `probes.weight_grad_norms`; at the other
+steps each weight's update is fused into the GEMM that computes its gradient.
 """
 
 import warnings
@@ -82,9 +84,12 @@ class WrittenOutStep:
         ]
         self.counters = [n.num_batches_tracked for n in norms]
         self.output_bias = stack.output_bias.detach()
-        self.rates = learning_rates.view(-1, 1, 1)
+        self.rates = learning_rates.view(1, -1, 1)
 
-    def __call__(self, images: Tensor, labels: Tensor) -> Tensor:
+    def __call__(self, images: Tensor, labels: Tensor, keep_grads: bool) -> Tensor:
+        """One step; with `keep_grads`, the hidden layers' weight gradients are left in
+        ``weight.grad`` (the trainer asks at the last step before a sample point, where probes
+        read them); otherwise each update is fused into the GEMM that computes it."""
         return _compiled()(
             to_inputs(images).flatten(1),
             labels,
@@ -98,6 +103,7 @@ class WrittenOutStep:
             self.stack.arch.activation,
             MOMENTUM,
             EPSILON,
+            keep_grads,
         )
 
 
@@ -134,6 +140,19 @@ def _activation_backward(grad: Tensor, y: Tensor, h: Tensor, name: str) -> Tenso
     return torch.ops.aten.elu_backward(grad, 1.0, 1.0, 1.0, False, y)
 
 
+def _per_net(t: Tensor, nets: int) -> Tensor:
+    """(batch, net * feature) seen as (net, batch, feature), without a copy."""
+    return t.view(t.shape[0], nets, -1).transpose(0, 1)
+
+
+def _per_net_mm(a: Tensor, b: Tensor, nets: int) -> Tensor:
+    """Each net's a (batch, in) @ b (in, out): a laid out (batch, net * in), b (net, in, out),
+    the product written straight into the (batch, net * out) layout."""
+    out = torch.empty(a.shape[0], nets * b.shape[2], dtype=a.dtype, device=a.device)
+    torch.bmm(_per_net(a, nets), b, out=_per_net(out, nets))
+    return out
+
+
 def _step(
     x: Tensor,
     labels: Tensor,
@@ -147,75 +166,67 @@ def _step(
     activation: str,
     momentum: float,
     epsilon: float,
+    keep_grads: bool,
 ) -> Tensor:
     nets, batch = weights[0].shape[0], x.shape[0]
     hidden = len(weights) - 1
-    # Forward, keeping what the backward needs: each layer's input, y and BN's batch stats.
-    inputs: list[Tensor] = []
+    # Forward, keeping what the backward needs: each layer's input and y, BN's batch stats.
+    hs: list[Tensor] = [x]  # layer inputs; then each hidden layer's act(y)
     ys: list[Tensor] = []
     saved: list[list[Tensor]] = []
-    h = x.t()  # (784, batch): the first layer's input, shared by every net
     for layer in range(hidden):
         w = weights[layer]
-        if layer == 0:  # x W^T, then turned: MKL runs this GEMM ~20% faster than W x^T
-            z = torch.mm(x, w.flatten(0, 1).t()).t().contiguous().view(nets, -1, batch)
+        if layer == 0:  # every net sees the same images: one GEMM for all of them
+            z = torch.mm(x, w.flatten(0, 1).t())
         else:
-            z = torch.bmm(w, h)
+            z = _per_net_mm(hs[layer], w.transpose(1, 2), nets)
         if len(bn) > 0:
             gamma, beta, mean, var = bn[layer][0], bn[layer][1], bn[layer][2], bn[layer][3]
             y, batch_mean, invstd = torch.native_batch_norm(
-                z.view(1, -1, batch), gamma, beta, mean, var, True, momentum, epsilon
+                z, gamma, beta, mean, var, True, momentum, epsilon
             )
             counters[layer].add_(1)
             saved.append([z, batch_mean, invstd])
-            y = y.view(nets, -1, batch)
         else:
-            y = z.add_(biases[layer].transpose(1, 2))
-        inputs.append(h)
+            y = z.add_(biases[layer].view(1, -1))
         ys.append(y)
-        h = _activation(y, activation)
-    logits = torch.baddbmm(output_bias.transpose(1, 2), weights[hidden], h)  # (net, 10, batch)
-    log_p = torch.log_softmax(logits, dim=1)
-    targets = labels.view(1, 1, batch).expand(nets, 1, batch)
-    losses = -log_p.gather(1, targets).view(nets, batch).mean(dim=1)
+        hs.append(_activation(y, activation))
+    h = hs[hidden]
+    w_out = weights[hidden]
+    logits = _per_net_mm(h, w_out.transpose(1, 2), nets).view(batch, nets, -1)
+    log_p = torch.log_softmax(logits.add_(output_bias.transpose(0, 1)), dim=2)
+    targets = labels.view(batch, 1, 1).expand(batch, nets, 1)
+    losses = -log_p.gather(2, targets).view(batch, nets).mean(dim=0)
 
     # Backward: ∂L/∂logits = (softmax - one-hot) / batch, times each net's learning rate.
-    delta = log_p.exp_().scatter_add_(1, targets, torch.full_like(log_p[:, :1], -1.0))
-    delta.mul_(rates / batch)
-    w_out = weights[hidden]
-    back = torch.bmm(w_out.transpose(1, 2), delta)
-    w_out.baddbmm_(delta, h.transpose(1, 2), alpha=-1.0)
-    output_bias.sub_(delta.sum(dim=2).unsqueeze(1))
-    outputs = inputs[1:]  # each hidden layer's act(y)
-    outputs.append(h)
+    delta = log_p.exp_().scatter_add_(2, targets, torch.full_like(log_p[:, :, :1], -1.0))
+    delta = delta.mul_(rates / batch).view(batch, -1)
+    back = _per_net_mm(delta, w_out, nets)
+    w_out.baddbmm_(_per_net(delta, nets).transpose(1, 2), _per_net(h, nets), alpha=-1.0)
+    output_bias.sub_(delta.view(batch, nets, -1).sum(dim=0).unsqueeze(1))
     for layer in range(hidden - 1, -1, -1):
-        d_y = _activation_backward(back, ys[layer], outputs[layer], activation)
+        d_y = _activation_backward(back, ys[layer], hs[layer + 1], activation)
         if len(bn) > 0:
             z, batch_mean, invstd = saved[layer][0], saved[layer][1], saved[layer][2]
             gamma, beta, mean, var = bn[layer][0], bn[layer][1], bn[layer][2], bn[layer][3]
             d_z, d_gamma, d_beta = torch.ops.aten.native_batch_norm_backward(
-                d_y.view(1, -1, batch),
-                z.view(1, -1, batch),
-                gamma,
-                mean,
-                var,
-                batch_mean,
-                invstd,
-                True,
-                epsilon,
-                [True, True, True],
+                d_y, z, gamma, mean, var, batch_mean, invstd, True, epsilon, [True, True, True]
             )
-            d_z = d_z.view(nets, -1, batch)
             gamma.sub_(d_gamma)
             beta.sub_(d_beta)
         else:
             d_z = d_y
-            biases[layer].sub_(d_y.sum(dim=2).unsqueeze(1))
+            biases[layer].view(-1).sub_(d_y.sum(dim=0))
         w, grad = weights[layer], grads[layer]
         if layer > 0:
-            back = torch.bmm(w.transpose(1, 2), d_z)
-            torch.bmm(d_z, inputs[layer].transpose(1, 2), out=grad)
-        else:
-            torch.mm(d_z.flatten(0, 1), x, out=grad.view(-1, x.shape[1]))
-        w.sub_(grad)
+            back = _per_net_mm(d_z, w, nets)
+            d_z_t, h_in = _per_net(d_z, nets).transpose(1, 2), _per_net(hs[layer], nets)
+            if keep_grads:
+                w.sub_(torch.bmm(d_z_t, h_in, out=grad))
+            else:
+                w.baddbmm_(d_z_t, h_in, alpha=-1.0)
+        elif keep_grads:
+            w.sub_(torch.mm(d_z.t(), x, out=grad.view(-1, x.shape[1])).view(w.shape))
+        else:  # the update as one GEMM, without a pass over a gradient tensor
+            w.view(-1, x.shape[1]).addmm_(d_z.t(), x, alpha=-1.0)
     return losses
