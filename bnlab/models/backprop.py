@@ -36,6 +36,7 @@ At the last step before a sample point the hidden layers' weight gradients are l
 steps each weight's update is fused into the GEMM that computes its gradient.
 """
 
+import threading
 import warnings
 from functools import cache
 
@@ -107,9 +108,18 @@ class WrittenOutStep:
         )
 
 
-@cache
+_compiling = threading.Lock()
+
+
 def _compiled() -> torch.jit.ScriptFunction:
-    """Compiled at the first training step, not at import: serving never needs it."""
+    """Compiled at the first training step (serving never needs it), once: a trainer's lanes,
+    threads, all ask for it at that moment."""
+    with _compiling:
+        return _script()
+
+
+@cache
+def _script() -> torch.jit.ScriptFunction:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")
         return torch.jit.script(_step)
