@@ -22,6 +22,7 @@ from bnlab.api.schemas import (
     Variant,
 )
 from bnlab.api.workers import notices
+from bnlab.api.writes import WRITE_SLOT
 from bnlab.models.checkpoint import sha256_of
 from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
@@ -37,7 +38,7 @@ NOT_FOUND = {404: {"model": Message, "description": "No experiment with that id.
 @router.post(
     "",
     status_code=202,
-    dependencies=[JSON_ONLY],
+    dependencies=[JSON_ONLY, WRITE_SLOT],
     responses={
         202: idempotency.created("experiment"),
         **NOT_JSON,

@@ -23,6 +23,7 @@ from bnlab.api.sweeps.schemas import (
 )
 from bnlab.api.sweeps.submit import submit_sweep
 from bnlab.api.workers import notices
+from bnlab.api.writes import WRITE_SLOT
 from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.queries import TERMINAL
@@ -40,7 +41,7 @@ MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "md": "text/markdown; charset=u
 @router.post(
     "",
     status_code=202,
-    dependencies=[JSON_ONLY],
+    dependencies=[JSON_ONLY, WRITE_SLOT],
     responses={
         202: idempotency.created("sweep"),
         **NOT_JSON,
