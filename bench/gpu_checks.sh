@@ -3,8 +3,16 @@
 #   - tests/models/test_cuda.py and tests/faults/test_gpu_worker.py (skipped without a GPU)
 #   - bench/engine.py on cuda: the paired trainer (steps captured as CUDA graphs) vs the loop
 #   - bench/sweep.py --scaling on cuda: nets at once before per-net throughput halves
-# Needs the Python packages the GPU image lacks as wheels in .whl/ and Fashion-MNIST's four
-# .gz files in .gpudata/FashionMNIST/raw/ (both ignored by git; carried with the run).
+# Needs the Python packages the GPU image (Python 3.12, its own torch) lacks as wheels in .whl/,
+# and Fashion-MNIST's four .gz files in .gpudata/FashionMNIST/raw/ (both kept out of git through
+# .git/info/exclude, and carried with the run). The wheels, fetched here with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d .whl PACKAGES
+# were (2026-11-28): alembic amqp annotated-doc annotated-types anyio billiard celery click
+# click-didyoumean click-plugins click-repl fastapi greenlet h11 kombu mako opentelemetry-api
+# prompt-toolkit pydantic pydantic-core pydantic-settings python-dotenv python-multipart redis
+# sqlalchemy starlette typing-extensions typing-inspection tzdata tzlocal uvicorn vine wcwidth,
+# at the versions .venv holds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-checks}
