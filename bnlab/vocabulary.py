@@ -1,0 +1,33 @@
+"""The study's words, defined once. Torch-free: the ORM, the API's schemas, the spec, the CLI,
+the report and the engine all import their names and their lists of allowed values from here.
+
+Each word is a `Literal` type (what type checkers and pydantic see) and the tuple of its values
+(what code iterates over and what the database's CHECK constraints list), the tuple derived
+from the type so the two cannot drift apart.
+"""
+
+from typing import Literal, get_args
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+STATUSES: tuple[Status, ...] = get_args(Status)
+# An experiment in one of these has ended: nothing will change it again.
+TERMINAL: frozenset[Status] = frozenset({"succeeded", "failed", "cancelled"})
+
+# The two nets of the study: without normalization, and with BN before every hidden activation.
+Variant = Literal["plain", "bn"]
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
+
+# Which statistics BN normalizes with at inference: the running (population) estimate, the
+# batch at hand's, or the population ones folded into the preceding layer.
+Mode = Literal["population", "batch", "fused"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+
+# The broker queue a job waits in, and so the kind of worker that trains it.
+Queue = Literal["cpu", "gpu"]
+QUEUES: tuple[Queue, ...] = get_args(Queue)
+
+Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu", "elu"]
+ACTIVATIONS: tuple[Activation, ...] = get_args(Activation)
+
+Dataset = Literal["mnist", "fashion-mnist"]
+DATASETS: tuple[Dataset, ...] = get_args(Dataset)
