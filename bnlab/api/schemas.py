@@ -37,6 +37,16 @@ class Progress(BaseModel):
     steps_per_second: float | None
     eta_seconds: float | None
 
+    @classmethod
+    def of(cls, experiment: Experiment) -> "Progress":
+        """How far an experiment's training is: the one mapping from its row."""
+        return cls(
+            step=experiment.progress_step,
+            total=experiment.progress_total,
+            steps_per_second=experiment.steps_per_second,
+            eta_seconds=experiment.eta_seconds,
+        )
+
 
 class RunResults(BaseModel):
     """One variant's outcome; each value stays null until the worker knows it."""
@@ -96,12 +106,7 @@ class ExperimentOut(BaseModel):
             started_at=experiment.started_at,
             finished_at=experiment.finished_at,
             cancel_requested=experiment.cancel_requested,
-            progress=Progress(
-                step=experiment.progress_step,
-                total=experiment.progress_total,
-                steps_per_second=experiment.steps_per_second,
-                eta_seconds=experiment.eta_seconds,
-            ),
+            progress=Progress.of(experiment),
             results={variant: RunResults.from_run(runs.get(variant)) for variant in VARIANTS},
             error=experiment.error,
             notice=notice,
