@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 2_000_000
     # The largest body on every route but /predict: a spec or a sweep's grid is a few KB.
     max_body_bytes: int = 1_000_000
+    # The study's demos (collapse, batch-size effect, recalibration) run torch in request
+    # threads: at most this many at once per API process; one more is a 503 (bnlab/api/study).
+    study_slots: int = Field(2, ge=1)
     # When set, every route but /health, the docs and the dashboard's files needs
     # `Authorization: Bearer <api_token>` (bnlab/api/auth.py). Unset, the API is open to whoever
     # reaches it: the embedded default binds 127.0.0.1 only.
