@@ -8,9 +8,6 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from bnlab.store.tables import (
-    QUEUES,
-    STATUSES,
-    VARIANTS,
     Checkpoint,
     CurvePoint,
     Experiment,
@@ -20,14 +17,13 @@ from bnlab.store.tables import (
     Worker,
     utc_now,
 )
-
-TERMINAL = ("succeeded", "failed", "cancelled")
+from bnlab.vocabulary import QUEUES, STATUSES, VARIANTS, Queue, Status, Variant
 
 
 def create_experiment(
     session: Session,
     spec: dict[str, Any],
-    queue: str,
+    queue: Queue,
     total_steps: int,
     *,
     idempotency_key: str | None = None,
@@ -55,7 +51,7 @@ def get_experiment(session: Session, experiment_id: int) -> Experiment | None:
 
 
 def list_experiments(
-    session: Session, status: str | None, limit: int, offset: int
+    session: Session, status: Status | None, limit: int, offset: int
 ) -> tuple[Sequence[Experiment], int]:
     """A page of experiments, newest first, and how many match in all."""
     query = select(Experiment)
@@ -67,11 +63,11 @@ def list_experiments(
     return session.scalars(page).all(), total
 
 
-def run_of(experiment: Experiment, variant: str) -> Run:
+def run_of(experiment: Experiment, variant: Variant) -> Run:
     return next(run for run in experiment.runs if run.variant == variant)
 
 
-def curve(session: Session, experiment_id: int) -> dict[str, list[CurvePoint]]:
+def curve(session: Session, experiment_id: int) -> dict[Variant, list[CurvePoint]]:
     """Curve points per variant, in step order."""
     query = (
         select(Run.variant, CurvePoint)
@@ -79,7 +75,7 @@ def curve(session: Session, experiment_id: int) -> dict[str, list[CurvePoint]]:
         .where(Run.experiment_id == experiment_id)
         .order_by(CurvePoint.step)
     )
-    points: dict[str, list[CurvePoint]] = {variant: [] for variant in VARIANTS}
+    points: dict[Variant, list[CurvePoint]] = {variant: [] for variant in VARIANTS}
     for variant, point in session.execute(query):
         points[variant].append(point)
     return points
@@ -89,7 +85,7 @@ def add_curve_points(
     session: Session,
     experiment: Experiment,
     step: int,
-    points: dict[str, tuple[float, float | None]],
+    points: dict[Variant, tuple[float, float | None]],
 ) -> None:
     """One point per variant in `points`: (validation accuracy, mean training loss)."""
     for variant, (val_accuracy, train_loss) in points.items():
@@ -109,7 +105,7 @@ def drop_curve_after(session: Session, experiment: Experiment, step: int) -> Non
 
 
 def add_layer_stats(
-    session: Session, experiment: Experiment, step: int, stats: dict[str, list[dict[str, Any]]]
+    session: Session, experiment: Experiment, step: int, stats: dict[Variant, list[dict[str, Any]]]
 ) -> None:
     """Per variant, rows of hidden layers: layer, p15, p50, p85, dead_fraction, grad_norm."""
     for variant, rows in stats.items():
@@ -117,7 +113,7 @@ def add_layer_stats(
         session.add_all(LayerStat(run_id=run.id, step=step, **row) for row in rows)
 
 
-def layer_stats(session: Session, experiment_id: int) -> dict[str, list[LayerStat]]:
+def layer_stats(session: Session, experiment_id: int) -> dict[Variant, list[LayerStat]]:
     """Layer statistics per variant, ordered by layer, then step."""
     query = (
         select(Run.variant, LayerStat)
@@ -125,7 +121,7 @@ def layer_stats(session: Session, experiment_id: int) -> dict[str, list[LayerSta
         .where(Run.experiment_id == experiment_id)
         .order_by(LayerStat.layer, LayerStat.step)
     )
-    rows: dict[str, list[LayerStat]] = {variant: [] for variant in VARIANTS}
+    rows: dict[Variant, list[LayerStat]] = {variant: [] for variant in VARIANTS}
     for variant, row in session.execute(query):
         rows[variant].append(row)
     return rows
@@ -135,22 +131,24 @@ def cancel_experiment(session: Session, experiment_id: int) -> bool:
     """Cancel a queued experiment now, or ask a running one's worker to stop at its next sample
     point; False if it had already finished. Each is an UPDATE conditional on the status, so a
     worker taking or finishing the job at the same moment is never overwritten."""
-    queued = session.execute(
+    queued = session.scalar(
         update(Experiment)
         .where(Experiment.id == experiment_id, Experiment.status == "queued")
         .values(status="cancelled", finished_at=utc_now())
+        .returning(Experiment.id)
     )
-    if queued.rowcount:
+    if queued is not None:
         return True
-    running = session.execute(
+    running = session.scalar(
         update(Experiment)
         .where(Experiment.id == experiment_id, Experiment.status == "running")
         .values(cancel_requested=True)
+        .returning(Experiment.id)
     )
-    return bool(running.rowcount)
+    return running is not None
 
 
-def latest_checkpoint(session: Session, experiment_id: int, variant: str) -> Checkpoint | None:
+def latest_checkpoint(session: Session, experiment_id: int, variant: Variant) -> Checkpoint | None:
     query = (
         select(Checkpoint)
         .join(Checkpoint.run)
@@ -162,7 +160,7 @@ def latest_checkpoint(session: Session, experiment_id: int, variant: str) -> Che
 
 
 def checkpoint_of(
-    session: Session, experiment_id: int, variant: str, version: int | None
+    session: Session, experiment_id: int, variant: Variant, version: int | None
 ) -> Checkpoint | None:
     """The variant's checkpoint of that version; the latest for None."""
     if version is None:
@@ -192,7 +190,7 @@ def add_checkpoint(
     return checkpoint
 
 
-def heartbeat(session: Session, hostname: str, queue: str) -> None:
+def heartbeat(session: Session, hostname: str, queue: Queue) -> None:
     """Say this worker is alive (insert or refresh its row)."""
     worker = session.get(Worker, hostname)
     now = utc_now()
@@ -206,20 +204,20 @@ def remove_worker(session: Session, hostname: str) -> None:
     session.execute(delete(Worker).where(Worker.hostname == hostname))
 
 
-def live_workers(session: Session, max_age: timedelta) -> dict[str, int]:
+def live_workers(session: Session, max_age: timedelta) -> dict[Queue, int]:
     """Workers that heart-beat within `max_age`, counted per queue."""
     since = utc_now() - max_age
     query = (
         select(Worker.queue, func.count()).where(Worker.last_seen >= since).group_by(Worker.queue)
     )
-    counts = {"cpu": 0, "gpu": 0}
+    counts = dict.fromkeys(QUEUES, 0)
     counts.update({queue: count for queue, count in session.execute(query)})
     return counts
 
 
 def curve_points_after(
     session: Session, experiment_id: int, step: int
-) -> list[tuple[str, CurvePoint]]:
+) -> list[tuple[Variant, CurvePoint]]:
     """(variant, point) for every point past `step`, in step order, `plain` before `bn`."""
     query = (
         select(Run.variant, CurvePoint)
@@ -230,7 +228,7 @@ def curve_points_after(
     return [(variant, point) for variant, point in session.execute(query)]
 
 
-def experiments_by_status(session: Session) -> dict[str, int]:
+def experiments_by_status(session: Session) -> dict[Status, int]:
     """How many experiments have each status, zeros included."""
     query = select(Experiment.status, func.count()).group_by(Experiment.status)
     counts = dict.fromkeys(STATUSES, 0)
@@ -238,7 +236,7 @@ def experiments_by_status(session: Session) -> dict[str, int]:
     return counts
 
 
-def queued_per_queue(session: Session) -> dict[str, int]:
+def queued_per_queue(session: Session) -> dict[Queue, int]:
     """Experiments waiting for a worker, per queue, zeros included."""
     query = (
         select(Experiment.queue, func.count())
@@ -252,10 +250,9 @@ def queued_per_queue(session: Session) -> dict[str, int]:
 
 def running_rates(session: Session) -> list[tuple[int, float]]:
     """(experiment id, training steps per second) of each running experiment that has a rate."""
-    query = select(Experiment.id, Experiment.steps_per_second).where(
-        Experiment.status == "running", Experiment.steps_per_second.is_not(None)
-    )
-    return [(experiment_id, rate) for experiment_id, rate in session.execute(query)]
+    query = select(Experiment.id, Experiment.steps_per_second).where(Experiment.status == "running")
+    rows = session.execute(query)
+    return [(experiment_id, rate) for experiment_id, rate in rows if rate is not None]
 
 
 def create_sweep(
@@ -282,7 +279,7 @@ def list_sweeps(session: Session, limit: int, offset: int) -> tuple[Sequence[Swe
     return session.scalars(page).all(), total
 
 
-def sweep_curves(session: Session, sweep_id: int) -> dict[int, dict[str, list[CurvePoint]]]:
+def sweep_curves(session: Session, sweep_id: int) -> dict[int, dict[Variant, list[CurvePoint]]]:
     """Curve points per cell (experiment id) and variant, in step order: one query."""
     query = (
         select(Run.experiment_id, Run.variant, CurvePoint)
@@ -291,7 +288,7 @@ def sweep_curves(session: Session, sweep_id: int) -> dict[int, dict[str, list[Cu
         .where(Experiment.sweep_id == sweep_id)
         .order_by(CurvePoint.step)
     )
-    curves: dict[int, dict[str, list[CurvePoint]]] = {}
+    curves: dict[int, dict[Variant, list[CurvePoint]]] = {}
     for experiment_id, variant, point in session.execute(query):
         cell = curves.setdefault(experiment_id, {v: [] for v in VARIANTS})
         cell[variant].append(point)

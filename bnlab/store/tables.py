@@ -21,9 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-VARIANTS = ("plain", "bn")
-QUEUES = ("cpu", "gpu")
+from bnlab.vocabulary import QUEUES, STATUSES, VARIANTS, Queue, Status, Variant
 
 # Explicit names keep constraints identical on every backend, so migrations can refer to them.
 NAMING_CONVENTION = {
@@ -82,8 +80,9 @@ class Experiment(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    queue: Mapped[str] = mapped_column(String(8))
+    # Plain strings held by CHECK constraints: the types say which words the code may write.
+    status: Mapped[Status] = mapped_column(String(16), index=True)
+    queue: Mapped[Queue] = mapped_column(String(8))
     spec: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     started_at: Mapped[datetime | None]
@@ -126,7 +125,7 @@ class Run(Base):
     experiment_id: Mapped[int] = mapped_column(
         ForeignKey("experiments.id", ondelete="CASCADE"), index=True
     )
-    variant: Mapped[str] = mapped_column(String(8))
+    variant: Mapped[Variant] = mapped_column(String(8))
     final_val_accuracy: Mapped[float | None] = mapped_column(Float)
     test_accuracy: Mapped[float | None] = mapped_column(Float)
     test_accuracy_batch_stats: Mapped[float | None] = mapped_column(Float)
@@ -185,7 +184,7 @@ class Worker(Base):
     __tablename__ = "workers"
 
     hostname: Mapped[str] = mapped_column(String(255), primary_key=True)
-    queue: Mapped[str] = mapped_column(String(8))
+    queue: Mapped[Queue] = mapped_column(String(8))
     started_at: Mapped[datetime]
     last_seen: Mapped[datetime]
 

@@ -19,6 +19,7 @@ from bnlab.store import queries
 from bnlab.store.db import make_engine, make_sessionmaker
 from bnlab.store.migrate import upgrade
 from bnlab.store.tables import Experiment, utc_now
+from bnlab.vocabulary import TERMINAL
 
 # Small enough to build in milliseconds; weights large enough that different images get
 # clearly different answers.
@@ -86,7 +87,7 @@ def add_experiment(session: Session, status: str = "queued", **spec: Any) -> Exp
     experiment.status = status
     if status != "queued":
         experiment.started_at = utc_now()
-    if status in queries.TERMINAL:
+    if status in TERMINAL:
         experiment.finished_at = utc_now()
     session.commit()
     return experiment
