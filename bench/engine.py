@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bnlab.models.batchnorm import BNImpl
 from bnlab.models.data import Splits, load_splits, to_inputs
 from bnlab.models.network import Architecture
-from bnlab.models.trainer import Lane, TrainingSpec, paired_trainer
+from bnlab.models.trainer import Cell, Lane, TrainingSpec, build_trainer
 
 CPU = torch.device("cpu")
 
@@ -65,8 +66,10 @@ def plain_loop(
     return time.perf_counter() - start
 
 
-def paired(splits: Splits, spec: TrainingSpec, bn_impl: str, device: torch.device = CPU) -> float:
-    trainer = paired_trainer(Architecture(), spec, splits, device, bn_impl)
+def paired(
+    splits: Splits, spec: TrainingSpec, bn_impl: BNImpl, device: torch.device = CPU
+) -> float:
+    trainer = build_trainer(Architecture(), [Cell("pair", spec)], splits, device, bn_impl)
     synchronize(device)
     start = time.perf_counter()
     trainer.run(lambda sample: None)

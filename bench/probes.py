@@ -22,7 +22,7 @@ from bnlab.models.data import Splits, load_splits
 from bnlab.models.inference import accuracy
 from bnlab.models.network import Architecture, NetStack, initial_weights
 from bnlab.models.probes import PROBE_SIZE, layer_stats
-from bnlab.models.trainer import TrainingSpec, paired_trainer
+from bnlab.models.trainer import Cell, TrainingSpec, build_trainer
 
 
 @contextmanager
@@ -38,7 +38,9 @@ def probes_off() -> Iterator[None]:
 
 
 def paired_seconds(splits: Splits, spec: TrainingSpec) -> float:
-    trainer = paired_trainer(Architecture(), spec, splits, torch.device("cpu"), "torch")
+    trainer = build_trainer(
+        Architecture(), [Cell("pair", spec)], splits, torch.device("cpu"), "torch"
+    )
     start = time.perf_counter()
     trainer.run(lambda sample: None)
     return time.perf_counter() - start

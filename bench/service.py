@@ -24,7 +24,7 @@ import torch
 from sqlalchemy import create_engine, text
 
 from bnlab.models.data import load_splits
-from bnlab.models.trainer import paired_trainer
+from bnlab.models.trainer import Cell, build_trainer
 from bnlab.spec import ExperimentSpec
 
 POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432"
@@ -32,7 +32,8 @@ POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
 def engine_seconds(spec: ExperimentSpec, data_dir: Path) -> float:
     splits = load_splits(spec.dataset, data_dir, False, spec.validation_size)
-    trainer = paired_trainer(spec.architecture(), spec.training(), splits, torch.device("cpu"))
+    cells = [Cell("pair", spec.training())]
+    trainer = build_trainer(spec.architecture(), cells, splits, torch.device("cpu"))
     start = time.perf_counter()
     trainer.run(lambda sample: None)
     return time.perf_counter() - start

@@ -2,7 +2,7 @@
 
 The classic preset's 50,000-batch cells are 12 comparisons x 2 nets. A sweep job trains the
 cells that share an activation as one stacked model (a `plain` lane and a `bn` lane of 6 nets
-each, bnlab/models/stacked.py); the baseline is bench/engine.py's `plain_loop`, one net at a time.
+each, bnlab/models/trainer.py); the baseline is bench/engine.py's `plain_loop`, one net at a time.
 Both run `--steps` steps per net (the study's 50,000 take long; the ratio is what counts), sampling
 validation accuracy every 500 steps as the study does, so that sampling costs the same share.
 
@@ -28,8 +28,7 @@ from engine import plain_loop  # bench/engine.py: this script runs from bench/
 
 from bnlab.models.data import Split, Splits, load_splits
 from bnlab.models.network import Architecture
-from bnlab.models.stacked import Cell, stacked_trainer
-from bnlab.models.trainer import TrainingSpec
+from bnlab.models.trainer import Cell, TrainingSpec, build_trainer
 from bnlab.spec import ExperimentSpec
 from bnlab.sweeps import SweepRequest, expand, groups
 
@@ -54,7 +53,7 @@ def batched_seconds(
             Cell(str(i), _shortened(spec, steps, sample_every).training())
             for i, spec in zip(group, specs, strict=True)
         ]
-        trainer = stacked_trainer(specs[0].architecture(), stacked, splits, device, bn_impl)  # type: ignore[arg-type]
+        trainer = build_trainer(specs[0].architecture(), stacked, splits, device, bn_impl)  # type: ignore[arg-type]
         start = time.perf_counter()
         trainer.run(lambda sample: None)
         _sync(device)
@@ -123,9 +122,9 @@ def scaling(args: argparse.Namespace, splits: Splits) -> None:
             )
             for i in range(size)
         ]
-        trainer = stacked_trainer(arch, cells, splits, device, args.bn_impl)
+        trainer = build_trainer(arch, cells, splits, device, args.bn_impl)
         trainer.run(lambda sample: None)  # warm-up: trace, allocate, cuBLAS handles
-        trainer = stacked_trainer(arch, cells, splits, device, args.bn_impl)
+        trainer = build_trainer(arch, cells, splits, device, args.bn_impl)
         _sync(device)
         start = time.perf_counter()
         trainer.run(lambda sample: None)

@@ -1,8 +1,14 @@
-"""The paired trainer: nets stepping in lockstep on one reproducible sequence of mini-batches.
+"""The trainer: the cells of a group, stepping in lockstep on one reproducible batch sequence.
 
-Nets train in *lanes*: a lane is one `NetStack` (one or more nets computed as one module) stepped
-by one thread; lanes run in parallel, one core each, and meet at every sample point. The study's
-pair is two lanes of one net, so `plain` and `bn` train on both cores at once.
+A *cell* is one experiment of the study: a `plain` and a `bn` net from copies of the same
+initial weights, with its own learning rate. A lone experiment is a group of one cell; a sweep
+trains up to 16 cells that share an architecture, a batch order (seed, batch size) and a
+schedule (training batches, sample interval) as one group, so each step costs one pass over the
+batch for all of them.
+
+Nets train in *lanes*: a lane is one `NetStack` holding every cell's net of one variant, stepped
+by one thread; the `plain` and the `bn` lane run in parallel, one core each, and meet at every
+sample point.
 
 Plain SGD: each net's loss is weighted by its own learning rate and torch's SGD steps with lr 1,
 the same update with one optimizer for a whole stack. MLPs with torch's BN kernel (the default)
@@ -11,12 +17,13 @@ take that step written out (`backprop`): the same numbers, without autograd's bo
 Every `batches_per_sample` steps (and at step 0, before any training) the trainer reports each
 net's validation accuracy with population statistics and its mean training loss since the last
 report. A net whose loss turns non-finite is `diverged` (at that step): at the next sample point
-it is taken out of its stack and frozen, while the others carry on.
+it is taken out of its stack and frozen, while the others carry on. A cell can be dropped at a
+sample point (its experiment was cancelled); the others carry on from exactly where they were.
 """
 
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,8 +39,9 @@ from bnlab.models.batchnorm import BNImpl
 from bnlab.models.data import BatchOrder, Split, Splits, to_inputs
 from bnlab.models.graphs import GraphedStep
 from bnlab.models.inference import accuracy
-from bnlab.models.network import VARIANTS, Architecture, NetStack, initial_weights
+from bnlab.models.network import Architecture, NetStack, initial_weights
 from bnlab.models.probes import PROBE_SIZE, LayerStats, layer_stats, weight_grad_norms
+from bnlab.vocabulary import VARIANTS, Variant
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,19 @@ class TrainingSpec:
     batch_size: int = 60
     weight_std: float = 0.05  # "good" initial weights; the study's "bad" ones are 5.0
     seed: int = 0
+
+
+# What the cells of one trainer share; learning_rate and weight_std may differ from cell to cell.
+SHARED_FIELDS = ("training_batches", "batches_per_sample", "batch_size", "seed")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One experiment: its `plain` and `bn` nets, from copies of the same initial weights. `name`
+    is whatever the caller names it by (the worker uses the experiment id)."""
+
+    name: str
+    spec: TrainingSpec
 
 
 @dataclass(frozen=True)
@@ -65,12 +86,25 @@ class NetSample:
 
 
 @dataclass(frozen=True)
+class CellSample:
+    """One cell at a sample point, as a lone experiment reports it: its nets still stepping, and
+    every net of the cell diverged so far (and when)."""
+
+    nets: dict[Variant, NetSample]
+    diverged_at: dict[Variant, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Sample:
-    """One sample point: the nets still stepping, and every net diverged so far (and when)."""
+    """One sample point: every cell still in the trainer, by name."""
 
     step: int
-    nets: dict[str, NetSample]
-    diverged_at: dict[str, int] = field(default_factory=dict)
+    cells: dict[str, CellSample]
+
+
+# One cell's training state: tensors keyed "<variant>/<name>", and metadata
+# {"step": int, "diverged_at": {variant: step}}; a lone experiment's state file holds one.
+TrainingState = tuple[dict[str, Tensor], dict[str, object]]
 
 
 TrainerEnd = Literal["finished", "cancelled"]
@@ -78,18 +112,20 @@ TrainerEnd = Literal["finished", "cancelled"]
 
 @dataclass(frozen=True)
 class Net:
-    label: str
+    cell: str
     learning_rate: float
 
 
 class Lane:
-    """Nets of one stack (one variant), stepped together by one thread. On a GPU, the training
-    step is captured as a CUDA graph (`graphs`), unless `cuda_graphs` is switched off."""
+    """The nets of one variant, one per cell, stacked and stepped together by one thread; a
+    lane names its nets by their cells. On a GPU, the training step is captured as a CUDA graph
+    (`graphs`), unless `cuda_graphs` is switched off."""
 
     cuda_graphs = True
 
     def __init__(self, stack: NetStack, nets: Sequence[Net], train: Split, spec: TrainingSpec):
-        self.nets = {net.label: net for net in nets}
+        self.variant: Variant = stack.variant
+        self.nets = {net.cell: net for net in nets}
         self.train_split = train
         self.device = train.labels.device
         self.order = BatchOrder(len(train), spec.batch_size, spec.seed, self.device)
@@ -97,13 +133,13 @@ class Lane:
         self.frozen: dict[str, dict[str, Tensor]] = {}  # diverged nets, as they were
         self._mean_loss: list[float] | None = None  # per active net, since the last sample
         self._grad_norms: dict[str, list[float]] = {}  # per net and layer, at the last step
-        self._use(stack, [net.label for net in nets])
+        self._use(stack, [net.cell for net in nets])
 
     def _use(self, stack: NetStack, active: list[str]) -> None:
         self.stack = stack
         self.active = active
         self.optimizer = torch.optim.SGD(stack.parameters(), lr=1.0, foreach=True)
-        rates = [self.nets[label].learning_rate for label in active]
+        rates = [self.nets[cell].learning_rate for cell in active]
         self._loss_weights = torch.tensor(rates, device=self.device)
         self._graph: GraphedStep | None = None  # captured at the first step on a GPU
         self._written_out: WrittenOutStep | None = None
@@ -125,11 +161,11 @@ class Lane:
         # The traced graph runs op by op under eager autograd: an optimizing executor would swap
         # in its own derivatives after a few calls, and a resumed run (traced afresh) would then
         # not be bit-identical to an uninterrupted one.
-        with torch.jit.optimized_execution(False):
+        with torch.jit.optimized_execution(False):  # type: ignore[no-untyped-call]
             for row, step in enumerate(range(first_step, end_step)):
                 losses[row] = self._train_step(step, keep_grads=step == end_step - 1)
         # Read before a diverged net is taken out: rebuilding the stack drops the gradients.
-        rates = [self.nets[label].learning_rate for label in self.active]
+        rates = [self.nets[cell].learning_rate for cell in self.active]
         norms = weight_grad_norms(self.stack, rates)
         self._grad_norms = dict(zip(self.active, norms, strict=True)) if norms else {}
         # Checked once per interval, not per step: a per-step check would stall on the device.
@@ -163,28 +199,41 @@ class Lane:
 
     def _freeze_diverged(self, losses: Tensor, finite: list[bool], first_step: int) -> None:
         """Take the nets whose loss turned non-finite out of the stack; the others carry on."""
-        for index, label in enumerate(self.active):
+        for index, cell in enumerate(self.active):
             if not finite[index]:
                 first_bad = int((~torch.isfinite(losses[:, index])).nonzero()[0])
-                self.diverged_at[label] = first_step + first_bad + 1
-                self.frozen[label] = self.stack.net_state(index)
-        keep = [label for index, label in enumerate(self.active) if finite[index]]
-        self._rebuild({label: self.net_state(label) for label in keep})
+                self.diverged_at[cell] = first_step + first_bad + 1
+                self.frozen[cell] = self.stack.net_state(index)
+        keep = [cell for index, cell in enumerate(self.active) if finite[index]]
+        self._rebuild({cell: self.net_state(cell) for cell in keep})
 
     def _rebuild(self, states: dict[str, dict[str, Tensor]]) -> None:
         """A stack of the nets in `states` (the ones still stepping), from those states."""
         if not states:  # every net of the lane diverged: no stack is left to step
             self.active = []
             return
-        arch, variant, bn_impl = self.stack.arch, self.stack.variant, self.stack.bn_impl
-        stack = NetStack.from_net_states(arch, variant, list(states.values()), bn_impl)
+        arch, bn_impl = self.stack.arch, self.stack.bn_impl
+        stack = NetStack.from_net_states(arch, self.variant, list(states.values()), bn_impl)
         self._use(stack.to(self.device), list(states))
 
-    def net_state(self, label: str) -> dict[str, Tensor]:
+    def drop(self, cells: set[str]) -> None:
+        """Take the nets of `cells` out of this lane at a sample point; the others carry on
+        from exactly where they were."""
+        gone = cells & set(self.nets)
+        if not gone:
+            return
+        keep = {cell: self.net_state(cell) for cell in self.active if cell not in gone}
+        for cell in gone:
+            del self.nets[cell]
+            self.frozen.pop(cell, None)
+            self.diverged_at.pop(cell, None)
+        self._rebuild(keep)
+
+    def net_state(self, cell: str) -> dict[str, Tensor]:
         """One net's tensors (a diverged one as it was when its divergence was seen)."""
-        if label in self.frozen:
-            return self.frozen[label]
-        return self.stack.net_state(self.active.index(label))
+        if cell in self.frozen:
+            return self.frozen[cell]
+        return self.stack.net_state(self.active.index(cell))
 
     def sample(self, validation: Split) -> dict[str, NetSample]:
         val_accuracy = accuracy(self.stack, validation, "population") if self.active else []
@@ -192,28 +241,32 @@ class Lane:
         mean_loss, grad_norms = self._mean_loss, self._grad_norms
         self._mean_loss, self._grad_norms = None, {}
         return {
-            label: NetSample(
+            cell: NetSample(
                 val_accuracy[i],
                 mean_loss[i] if mean_loss else None,
-                _layer_samples(stats[i], grad_norms.get(label)),
+                _layer_samples(stats[i], grad_norms.get(cell)),
             )
-            for i, label in enumerate(self.active)
+            for i, cell in enumerate(self.active)
         }
 
+    def test_accuracies(self, test: Split, batch_size: int) -> dict[str, tuple[float, float]]:
+        """Per net still training: accuracy with population and with batch statistics."""
+        if not self.active:
+            return {}
+        population = accuracy(self.stack, test, "population")
+        batch = accuracy(self.stack, test, "batch", batch_size=batch_size)
+        return {cell: (population[i], batch[i]) for i, cell in enumerate(self.active)}
+
     def restore(self, states: dict[str, dict[str, Tensor]], diverged_at: dict[str, int]) -> None:
-        self.diverged_at = {
-            label: diverged_at[label] for label in self.nets if label in diverged_at
-        }
-        self.frozen = {label: states[label] for label in self.diverged_at}
-        self._rebuild(
-            {label: states[label] for label in self.nets if label not in self.diverged_at}
-        )
+        self.diverged_at = {cell: diverged_at[cell] for cell in self.nets if cell in diverged_at}
+        self.frozen = {cell: states[cell] for cell in self.diverged_at}
+        self._rebuild({cell: states[cell] for cell in self.nets if cell not in self.diverged_at})
 
 
 def _layer_samples(
     stats: list[LayerStats], grad_norms: list[float] | None
 ) -> tuple[LayerSample, ...]:
-    norms = grad_norms or [None] * len(stats)
+    norms: Sequence[float | None] = grad_norms or [None] * len(stats)
     return tuple(LayerSample(s, g) for s, g in zip(stats, norms, strict=True))
 
 
@@ -248,21 +301,21 @@ def _traced_losses(stack: NetStack, train: Split, batch_size: int) -> torch.jit.
 
 
 class Trainer:
-    """Trains lanes of nets in lockstep, reporting a `Sample` at every sample point."""
+    """Trains the cells of a group in lockstep, reporting a `Sample` at every sample point."""
 
     def __init__(self, lanes: Sequence[Lane], validation: Split, spec: TrainingSpec) -> None:
-        self.lanes = list(lanes)
+        self.lanes = list(lanes)  # one per variant
         self.validation = validation
-        self.spec = spec
+        self.spec = spec  # the schedule the cells share
         self.step = 0
 
     @property
-    def labels(self) -> list[str]:
-        return [label for lane in self.lanes for label in lane.nets]
+    def cells(self) -> list[str]:
+        """The names of the cells still in the trainer (not dropped)."""
+        return list(self.lanes[0].nets)
 
-    @property
-    def diverged_at(self) -> dict[str, int]:
-        return {label: step for lane in self.lanes for label, step in lane.diverged_at.items()}
+    def _lane(self, variant: Variant) -> Lane:
+        return next(lane for lane in self.lanes if lane.variant == variant)
 
     def run(
         self,
@@ -289,34 +342,89 @@ class Trainer:
             lane.train(self.step, end)
             return lane.sample(self.validation)
 
-        nets = {
-            k: v for samples in pool.map(train_and_sample, self.lanes) for k, v in samples.items()
-        }
+        by_lane = list(zip(self.lanes, pool.map(train_and_sample, self.lanes), strict=True))
         self.step = end
-        return Sample(self.step, nets, self.diverged_at)
+        return Sample(
+            self.step,
+            {
+                cell: CellSample(
+                    {lane.variant: nets[cell] for lane, nets in by_lane if cell in nets},
+                    self._diverged_at(cell),
+                )
+                for cell in self.cells
+            },
+        )
 
-    def net_state(self, label: str) -> dict[str, Tensor]:
-        return next(lane.net_state(label) for lane in self.lanes if label in lane.nets)
-
-    def state(self) -> tuple[dict[str, Tensor], dict[str, object]]:
-        """Tensors and metadata of the whole training state at a sample point."""
-        tensors = {
-            f"{label}/{name}": tensor
-            for label in self.labels
-            for name, tensor in self.net_state(label).items()
+    def _diverged_at(self, cell: str) -> dict[Variant, int]:
+        return {
+            lane.variant: lane.diverged_at[cell] for lane in self.lanes if cell in lane.diverged_at
         }
-        return tensors, {"step": self.step, "diverged_at": self.diverged_at}
 
-    def restore(self, tensors: dict[str, Tensor], meta: dict) -> None:
-        """Continue from a `state()`: the same weights, BN buffers, step and diverged nets."""
-        states: dict[str, dict[str, Tensor]] = {label: {} for label in self.labels}
-        for key, tensor in tensors.items():
-            label, name = key.split("/", 1)
-            states[label][name] = tensor
-        diverged_at = {label: int(step) for label, step in meta["diverged_at"].items()}
+    def drop(self, cells: Iterable[str]) -> None:
+        """Stop training `cells` (at a sample point): their nets leave the stacks, and the
+        others carry on exactly as they would have."""
+        names = set(cells)
         for lane in self.lanes:
-            lane.restore(states, diverged_at)
-        self.step = int(meta["step"])
+            lane.drop(names)
+
+    def net_state(self, cell: str, variant: Variant) -> dict[str, Tensor]:
+        return self._lane(variant).net_state(cell)
+
+    def state(self, cell: str) -> TrainingState:
+        """One cell's tensors and metadata at a sample point: what a lone experiment saves."""
+        tensors = {
+            f"{lane.variant}/{name}": tensor
+            for lane in self.lanes
+            for name, tensor in lane.net_state(cell).items()
+        }
+        return tensors, {"step": self.step, "diverged_at": self._diverged_at(cell)}
+
+    def restore(self, states: Mapping[str, TrainingState]) -> bool:
+        """Continue from `state()`s, by cell name: the same weights, BN buffers, step and
+        diverged nets. False, and the trainer untouched, unless every cell of the trainer has a
+        state and all of them are at one step."""
+        if not set(self.cells) <= set(states):
+            return False
+        steps = {_as_int(states[cell][1]["step"]) for cell in self.cells}
+        if len(steps) != 1:
+            return False
+        for lane in self.lanes:
+            nets: dict[str, dict[str, Tensor]] = {}
+            diverged_at: dict[str, int] = {}
+            for cell in self.cells:
+                tensors, meta = states[cell]
+                nets[cell] = {
+                    key.split("/", 1)[1]: tensor
+                    for key, tensor in tensors.items()
+                    if key.split("/", 1)[0] == lane.variant
+                }
+                cell_diverged = meta["diverged_at"]
+                assert isinstance(cell_diverged, dict)
+                if lane.variant in cell_diverged:
+                    diverged_at[cell] = _as_int(cell_diverged[lane.variant])
+            lane.restore(nets, diverged_at)
+        self.step = steps.pop()
+        return True
+
+    def test_accuracies(self, test: Split) -> dict[str, dict[Variant, tuple[float, float]]]:
+        """Per cell, per net still training: test accuracy with population statistics, and with
+        the statistics of batches of the training batch size."""
+        test = test.to(self.lanes[0].device)
+        by_lane = {
+            lane.variant: lane.test_accuracies(test, self.spec.batch_size) for lane in self.lanes
+        }
+        return {
+            cell: {
+                variant: results[cell] for variant, results in by_lane.items() if cell in results
+            }
+            for cell in self.cells
+        }
+
+
+def _as_int(value: object) -> int:
+    """A step read back from a state's metadata (an int, or the string a file stores)."""
+    assert isinstance(value, int | str), f"not a step: {value!r}"
+    return int(value)
 
 
 @contextmanager
@@ -334,26 +442,37 @@ def _threads_per_lane(n_lanes: int) -> Iterator[ThreadPoolExecutor]:
         yield pool
 
 
-def paired_trainer(
+def build_trainer(
     arch: Architecture,
-    spec: TrainingSpec,
+    cells: Sequence[Cell],
     splits: Splits,
     device: torch.device,
     bn_impl: BNImpl = "bnlab",
 ) -> Trainer:
-    """The study's pair, `plain` and `bn`, from copies of the same initial weights, a lane each."""
-    weights = initial_weights(arch, spec.weight_std, spec.seed)
+    """A `plain` lane and a `bn` lane holding every cell's net of that variant; each cell's pair
+    starts from copies of the same initial weights (drawn from its weight_std and seed)."""
+    if not cells:
+        raise ValueError("a trainer needs at least one cell")
+    schedule = cells[0].spec
+    for cell in cells:
+        differing = [f for f in SHARED_FIELDS if getattr(cell.spec, f) != getattr(schedule, f)]
+        if differing:
+            raise ValueError(
+                f"cell {cell.name} differs from cell {cells[0].name} in {', '.join(differing)}: "
+                "the cells of a trainer must share their batch order and schedule"
+            )
+    weights = [initial_weights(arch, cell.spec.weight_std, cell.spec.seed) for cell in cells]
     train = splits.train.to(device)
     lanes = [
         Lane(
-            NetStack(arch, variant, [weights], bn_impl).to(device),
-            [Net(variant, spec.learning_rate)],
+            NetStack(arch, variant, weights, bn_impl).to(device),
+            [Net(cell.name, cell.spec.learning_rate) for cell in cells],
             train,
-            spec,
+            schedule,
         )
         for variant in VARIANTS
     ]
-    return Trainer(lanes, splits.validation.to(device), spec)
+    return Trainer(lanes, splits.validation.to(device), schedule)
 
 
 def first_step_reaching(

@@ -31,7 +31,7 @@ from sqlalchemy.exc import OperationalError
 from torch import Tensor
 
 from bnlab.models.data import load_splits
-from bnlab.models.trainer import paired_trainer
+from bnlab.models.trainer import Cell, build_trainer
 from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
 from bnlab.worker.app import RUN_EXPERIMENT, make_celery
@@ -323,16 +323,17 @@ def uninterrupted_weights(
     if key not in _uninterrupted:
         parsed = ExperimentSpec.model_validate(spec)
         splits = load_splits(parsed.dataset, data_dir, False, parsed.validation_size)
-        trainer = paired_trainer(
+        trainer = build_trainer(
             parsed.architecture(),
-            parsed.training(),
+            [Cell("lone", parsed.training())],
             splits,
             torch.device(device),
             Settings().bn_impl,
         )
         assert trainer.run(lambda sample: None) == "finished"
         _uninterrupted[key] = {
-            v: {name: t.cpu() for name, t in trainer.net_state(v).items()} for v in ("plain", "bn")
+            v: {name: t.cpu() for name, t in trainer.net_state("lone", v).items()}
+            for v in ("plain", "bn")
         }
     return _uninterrupted[key]
 

@@ -9,9 +9,10 @@ import torch
 from bnlab.models.batchnorm import BNImpl
 from bnlab.models.data import Splits, load_splits
 from bnlab.models.network import Architecture, NetStack, Variant
-from bnlab.models.trainer import Trainer, TrainingSpec, paired_trainer
+from bnlab.models.trainer import Cell, Trainer, TrainingSpec, build_trainer
 
 CPU = torch.device("cpu")
+LONE = "lone"  # the name of a lone experiment's one cell
 VALIDATION_SIZE = 200
 
 
@@ -38,13 +39,24 @@ def trained_pair(splits: Splits) -> Trainer:
     """The study's MLP pair (relu), trained to high accuracy on the stand-in. Read it, don't run
     it again: the session shares it."""
     spec = TrainingSpec(learning_rate=0.5, training_batches=300, batches_per_sample=100)
-    trainer = paired_trainer(MLP, spec, splits, CPU)
+    trainer = lone_trainer(MLP, spec, splits)
     trainer.run(lambda sample: None)
     return trainer
+
+
+def lone_trainer(
+    arch: Architecture,
+    spec: TrainingSpec,
+    splits: Splits,
+    device: torch.device = CPU,
+    bn_impl: BNImpl = "bnlab",
+) -> Trainer:
+    """A lone experiment: a trainer of one cell, named `LONE`."""
+    return build_trainer(arch, [Cell(LONE, spec)], splits, device, bn_impl)
 
 
 def stack_of_one(
     trainer: Trainer, label: Variant, arch: Architecture = MLP, bn_impl: BNImpl = "bnlab"
 ) -> NetStack:
     """One of a trainer's nets on its own, as serving holds it."""
-    return NetStack.from_net_states(arch, label, [trainer.net_state(label)], bn_impl)
+    return NetStack.from_net_states(arch, label, [trainer.net_state(LONE, label)], bn_impl)

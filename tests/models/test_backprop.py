@@ -7,8 +7,8 @@ import torch
 from bnlab.models import backprop
 from bnlab.models.data import Splits
 from bnlab.models.network import ACTIVATIONS, Architecture, NetStack, initial_weights
-from bnlab.models.stacked import Cell, stacked_trainer
-from bnlab.models.trainer import Sample, Trainer, TrainingSpec
+from bnlab.models.trainer import Cell, NetSample, Sample, Trainer, TrainingSpec, build_trainer
+from bnlab.vocabulary import VARIANTS, Variant
 from tests.models.conftest import CPU
 
 RATES = (0.02, 0.05, 0.1)
@@ -19,7 +19,7 @@ def trained(arch: Architecture, splits: Splits) -> tuple[Trainer, list[Sample]]:
         Cell(f"c{i}", TrainingSpec(learning_rate=rate, training_batches=40, batches_per_sample=20))
         for i, rate in enumerate(RATES)
     ]
-    trainer = stacked_trainer(arch, cells, splits, CPU, "torch")
+    trainer = build_trainer(arch, cells, splits, CPU, "torch")
     samples: list[Sample] = []
     trainer.run(samples.append)
     return trainer, samples
@@ -36,13 +36,14 @@ def test_the_written_out_step_trains_as_autograd_does(
     assert all(lane.written_out for lane in written_out.lanes)
     assert not any(lane.written_out for lane in autograd.lanes)
 
-    for label in autograd.labels:
-        ours, theirs = written_out.net_state(label), autograd.net_state(label)
-        for name, tensor in theirs.items():  # weights, biases, gamma, beta, running statistics
-            torch.testing.assert_close(ours[name], tensor, rtol=0, atol=1e-6, msg=name)
+    for cell in autograd.cells:
+        for variant in VARIANTS:
+            ours, theirs = written_out.net_state(cell, variant), autograd.net_state(cell, variant)
+            for name, tensor in theirs.items():  # weights, biases, gamma, beta, running stats
+                torch.testing.assert_close(ours[name], tensor, rtol=0, atol=1e-6, msg=name)
     for ours, theirs in zip(written_out_curve, autograd_curve, strict=True):
-        for label, net in theirs.nets.items():
-            mine = ours.nets[label]
+        for cell, variant, net in nets_of(theirs):
+            mine = ours.cells[cell].nets[variant]
             assert mine.val_accuracy == pytest.approx(net.val_accuracy, abs=1e-9)
             if net.train_loss is not None:
                 assert mine.train_loss == pytest.approx(net.train_loss, rel=1e-5)
@@ -50,6 +51,10 @@ def test_the_written_out_step_trains_as_autograd_does(
             for layer, their_layer in zip(mine.layers, net.layers, strict=True):
                 if their_layer.grad_norm is not None:
                     assert layer.grad_norm == pytest.approx(their_layer.grad_norm, rel=1e-4)
+
+
+def nets_of(sample: Sample) -> list[tuple[str, Variant, NetSample]]:
+    return [(c, v, net) for c, cell in sample.cells.items() for v, net in cell.nets.items()]
 
 
 def stack(arch: Architecture, variant: str, bn_impl: str) -> NetStack:

@@ -23,7 +23,7 @@ from bnlab.models.data import Splits
 from bnlab.models.inference import MODES, ServedNet
 from bnlab.models.network import VARIANTS
 from bnlab.models.trainer import Trainer
-from tests.models.conftest import MLP, stack_of_one
+from tests.models.conftest import LONE, MLP, stack_of_one
 
 PREDICT_IN_FRESH_PROCESS = """
 import json, sys
@@ -52,7 +52,7 @@ def save_pair(trainer: Trainer, folder: Path) -> dict[str, Path]:
         paths[label] = folder / f"{label}.safetensors"
         save_net(
             paths[label],
-            trainer.net_state(label),
+            trainer.net_state(LONE, label),
             variant=label,
             arch=MLP,
             spec=asdict(trainer.spec),
@@ -102,14 +102,14 @@ def test_saved_net_keeps_its_description(trained_pair: Trainer, tmp_path: Path) 
     assert meta["spec"]["learning_rate"] == trained_pair.spec.learning_rate
     assert "255" in meta["preprocessing"]
     assert stack.variant == "bn"
-    live = trained_pair.net_state("bn")
+    live = trained_pair.net_state(LONE, "bn")
     for name, tensor in stack.net_state(0).items():
         assert torch.equal(tensor, live[name]), name
 
 
 def test_save_net_returns_the_files_hash_and_size(trained_pair: Trainer, tmp_path: Path) -> None:
     path = tmp_path / "bn.safetensors"
-    digest, size = save_net(path, trained_pair.net_state("bn"), variant="bn", arch=MLP)
+    digest, size = save_net(path, trained_pair.net_state(LONE, "bn"), variant="bn", arch=MLP)
     assert digest == sha256_of(path)
     assert size == path.stat().st_size
     assert not list(tmp_path.glob("*.partial"))
@@ -120,24 +120,24 @@ def random_bytes(path: Path, trainer: Trainer) -> None:
 
 
 def truncated(path: Path, trainer: Trainer) -> None:
-    save_net(path, trainer.net_state("bn"), variant="bn", arch=MLP)
+    save_net(path, trainer.net_state(LONE, "bn"), variant="bn", arch=MLP)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def without_bnlab_metadata(path: Path, trainer: Trainer) -> None:
-    save_file(trainer.net_state("bn"), path, metadata={"format": "pt"})
+    save_file(trainer.net_state(LONE, "bn"), path, metadata={"format": "pt"})
 
 
 def bnlab_metadata_not_an_object(path: Path, trainer: Trainer) -> None:
-    save_file(trainer.net_state("bn"), path, metadata={"bnlab": "[1, 2]"})
+    save_file(trainer.net_state(LONE, "bn"), path, metadata={"bnlab": "[1, 2]"})
 
 
 def unknown_variant(path: Path, trainer: Trainer) -> None:
-    save_net(path, trainer.net_state("bn"), variant="resnet", arch=MLP)
+    save_net(path, trainer.net_state(LONE, "bn"), variant="resnet", arch=MLP)
 
 
 def training_state(path: Path, trainer: Trainer) -> None:
-    save_state(path, *trainer.state())
+    save_state(path, *trainer.state(LONE))
 
 
 def missing(path: Path, trainer: Trainer) -> None:
@@ -175,7 +175,7 @@ def assert_no_chained_traceback(error: BaseException) -> None:
 
 def test_load_net_says_a_training_state_is_not_a_net(trained_pair: Trainer, tmp_path: Path) -> None:
     path = tmp_path / "state.safetensors"
-    save_state(path, *trained_pair.state())
+    save_state(path, *trained_pair.state(LONE))
     with pytest.raises(CheckpointError, match=r"'bnlab-training-state', not a 'bnlab-net'"):
         load_net(path)
 
@@ -190,7 +190,7 @@ def test_load_net_refuses_tensors_that_do_not_fit_the_architecture(
     trained_pair: Trainer, tmp_path: Path
 ) -> None:
     path = tmp_path / "bn.safetensors"
-    state = trained_pair.net_state("bn")
+    state = trained_pair.net_state(LONE, "bn")
     del state["weight.1"]
     save_net(path, state, variant="bn", arch=MLP)
     with pytest.raises(CheckpointError, match="does not hold a bnlab net that loads"):

@@ -18,9 +18,8 @@ from bnlab.models.data import Splits
 from bnlab.models.device import resolve_device
 from bnlab.models.inference import ServedNet
 from bnlab.models.network import VARIANTS, Architecture
-from bnlab.models.stacked import stacked_trainer
-from bnlab.models.trainer import Lane, Sample, Trainer, TrainingSpec, paired_trainer
-from tests.models.conftest import CPU, MLP
+from bnlab.models.trainer import Lane, Sample, Trainer, TrainingSpec, build_trainer
+from tests.models.conftest import CPU, LONE, MLP, lone_trainer
 from tests.models.test_stacked import STABLE, assert_same_curve, cells_of, run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -36,7 +35,7 @@ def gpu() -> torch.device:
 
 
 def nets(trainer: Trainer) -> Nets:
-    return {v: {k: t.cpu() for k, t in trainer.net_state(v).items()} for v in VARIANTS}
+    return {v: {k: t.cpu() for k, t in trainer.net_state(LONE, v).items()} for v in VARIANTS}
 
 
 def assert_close_nets(a: Nets, b: Nets, atol: float) -> None:
@@ -55,8 +54,9 @@ def assert_close_nets(a: Nets, b: Nets, atol: float) -> None:
 def assert_close_curves(a: list[Sample], b: list[Sample], abs_accuracy: float) -> None:
     assert [s.step for s in a] == [s.step for s in b]
     for x, y in zip(a, b, strict=True):
-        for label, net in x.nets.items():
-            assert y.nets[label].val_accuracy == pytest.approx(net.val_accuracy, abs=abs_accuracy)
+        for label, net in x.cells[LONE].nets.items():
+            theirs = y.cells[LONE].nets[label]
+            assert theirs.val_accuracy == pytest.approx(net.val_accuracy, abs=abs_accuracy)
 
 
 @pytest.mark.parametrize(
@@ -71,10 +71,10 @@ def test_a_graph_captured_step_trains_exactly_as_a_launched_one(
     bn_impl: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    graphed = paired_trainer(arch, SPEC, splits, gpu, bn_impl)  # type: ignore[arg-type]
+    graphed = lone_trainer(arch, SPEC, splits, gpu, bn_impl)  # type: ignore[arg-type]
     graphed_curve = run(graphed)
     monkeypatch.setattr(Lane, "cuda_graphs", False)
-    launched = paired_trainer(arch, SPEC, splits, gpu, bn_impl)  # type: ignore[arg-type]
+    launched = lone_trainer(arch, SPEC, splits, gpu, bn_impl)  # type: ignore[arg-type]
     # the warm-up steps before capturing left no trace: the same curve, the same weights
     assert run(launched) == graphed_curve
     assert_close_nets(nets(graphed), nets(launched), atol=0)
@@ -91,8 +91,8 @@ def test_training_on_the_gpu_gives_the_cpu_numbers(
     splits: Splits, gpu: torch.device, arch: Architecture, steps: int, atol: float
 ) -> None:
     spec = TrainingSpec(learning_rate=0.05, training_batches=steps, batches_per_sample=steps // 5)
-    on_gpu = paired_trainer(arch, spec, splits, gpu, "torch")
-    on_cpu = paired_trainer(arch, spec, splits, CPU, "torch")
+    on_gpu = lone_trainer(arch, spec, splits, gpu, "torch")
+    on_cpu = lone_trainer(arch, spec, splits, CPU, "torch")
     gpu_curve, cpu_curve = run(on_gpu), run(on_cpu)
     assert_close_nets(nets(on_gpu), nets(on_cpu), atol=atol)
     if arch == MLP:  # 200 validation images: one image is 0.005
@@ -102,23 +102,23 @@ def test_training_on_the_gpu_gives_the_cpu_numbers(
 def test_resumed_gpu_training_equals_uninterrupted(
     splits: Splits, gpu: torch.device, tmp_path: Path
 ) -> None:
-    uninterrupted = paired_trainer(MLP, SPEC, splits, gpu, "torch")
+    uninterrupted = lone_trainer(MLP, SPEC, splits, gpu, "torch")
     full_curve = run(uninterrupted)
-    interrupted = paired_trainer(MLP, SPEC, splits, gpu, "torch")
+    interrupted = lone_trainer(MLP, SPEC, splits, gpu, "torch")
     assert interrupted.run(lambda s: None, lambda: interrupted.step == 40) == "cancelled"
-    save_state(tmp_path / "state.safetensors", *interrupted.state())
+    save_state(tmp_path / "state.safetensors", *interrupted.state(LONE))
 
-    resumed = paired_trainer(MLP, SPEC, splits, gpu, "torch")
-    resumed.restore(*load_state(tmp_path / "state.safetensors"))
+    resumed = lone_trainer(MLP, SPEC, splits, gpu, "torch")
+    assert resumed.restore({LONE: load_state(tmp_path / "state.safetensors")})
     assert run(resumed) == full_curve[3:]
     assert_close_nets(nets(resumed), nets(uninterrupted), atol=0)
 
 
 def test_stacked_cells_on_the_gpu_train_as_each_alone(splits: Splits, gpu: torch.device) -> None:
     cells = cells_of(STABLE)
-    stacked = run(stacked_trainer(MLP, cells, splits, gpu, "torch"))
+    stacked = run(build_trainer(MLP, cells, splits, gpu, "torch"))
     for cell in cells:
-        alone = run(paired_trainer(MLP, cell.spec, splits, gpu, "torch"))
+        alone = run(lone_trainer(MLP, cell.spec, splits, gpu, "torch"))
         assert_same_curve(alone, stacked, cell.name)
 
 
@@ -126,12 +126,11 @@ def test_a_net_trained_on_the_gpu_serves_on_the_cpu_and_collapses_in_batch_mode(
     splits: Splits, gpu: torch.device, tmp_path: Path
 ) -> None:
     spec = TrainingSpec(learning_rate=0.5, training_batches=300, batches_per_sample=100)
-    trainer = paired_trainer(MLP, spec, splits, gpu, "torch")
+    trainer = lone_trainer(MLP, spec, splits, gpu, "torch")
     run(trainer)
     path = tmp_path / "bn.safetensors"
-    save_net(
-        path, trainer.net_state("bn"), variant="bn", arch=MLP, spec={}, step=300, dataset="mnist"
-    )
+    state = trainer.net_state(LONE, "bn")
+    save_net(path, state, variant="bn", arch=MLP, spec={}, step=300, dataset="mnist")
     on_cpu, _ = load_net(path, "torch")
     on_gpu, _ = load_net(path, "torch")
     on_gpu = on_gpu.to(gpu)

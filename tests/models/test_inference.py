@@ -7,8 +7,8 @@ from bnlab.models.batchnorm import BNImpl
 from bnlab.models.data import Splits
 from bnlab.models.inference import MODES, ServedNet, accuracy, logits
 from bnlab.models.network import Architecture
-from bnlab.models.trainer import Trainer, TrainingSpec, paired_trainer
-from tests.models.conftest import CPU, stack_of_one
+from bnlab.models.trainer import Trainer, TrainingSpec
+from tests.models.conftest import lone_trainer, stack_of_one
 
 N_IMAGES = 50
 CONV = Architecture(conv_channels=(4, 8), hidden_layers=(32,))
@@ -83,7 +83,7 @@ def test_fused_mlp_equals_population_mode(trained_pair: Trainer, splits: Splits)
 @pytest.fixture(scope="module")
 def trained_conv_pair(splits: Splits) -> Trainer:
     spec = TrainingSpec(learning_rate=0.3, training_batches=50, batches_per_sample=50)
-    trainer = paired_trainer(CONV, spec, splits, CPU)
+    trainer = lone_trainer(CONV, spec, splits)
     trainer.run(lambda sample: None)
     return trainer
 

@@ -5,8 +5,8 @@ import torch
 
 from bnlab.models.data import Splits
 from bnlab.models.network import Architecture, NetStack, Variant, initial_weights
-from bnlab.models.trainer import TrainingSpec, paired_trainer
-from tests.models.conftest import CPU
+from bnlab.models.trainer import TrainingSpec
+from tests.models.conftest import LONE, lone_trainer
 
 ARCH = Architecture()
 CONV = Architecture(conv_channels=(4, 8), hidden_layers=(32,))
@@ -14,8 +14,8 @@ CONV = Architecture(conv_channels=(4, 8), hidden_layers=(32,))
 
 def test_plain_and_bn_nets_of_a_pair_start_from_the_same_weights(splits: Splits) -> None:
     spec = TrainingSpec(weight_std=0.05, seed=3)
-    trainer = paired_trainer(ARCH, spec, splits, CPU)
-    plain, bn = trainer.net_state("plain"), trainer.net_state("bn")
+    trainer = lone_trainer(ARCH, spec, splits)
+    plain, bn = trainer.net_state(LONE, "plain"), trainer.net_state(LONE, "bn")
     expected = initial_weights(ARCH, spec.weight_std, spec.seed)
     assert len(expected) == 4
     for i, weight in enumerate(expected):
@@ -41,12 +41,12 @@ def test_weight_std_sets_the_spread_of_initial_weights() -> None:
 def test_conv_pair_trains_and_its_bn_keeps_statistics_per_feature_map(splits: Splits) -> None:
     samples = []
     spec = TrainingSpec(learning_rate=0.3, training_batches=100, batches_per_sample=50)
-    trainer = paired_trainer(CONV, spec, splits, CPU)
+    trainer = lone_trainer(CONV, spec, splits)
     assert trainer.run(samples.append) == "finished"
 
     assert samples[-1].step == 100
-    assert samples[-1].nets["bn"].val_accuracy > 0.8
-    bn = trainer.net_state("bn")
+    assert samples[-1].cells[LONE].nets["bn"].val_accuracy > 0.8
+    bn = trainer.net_state(LONE, "bn")
     widths = [*CONV.conv_channels, *CONV.hidden_layers]
     for i, width in enumerate(widths):
         assert bn[f"bn.{i}.running_mean"].shape == (width,)
@@ -54,7 +54,7 @@ def test_conv_pair_trains_and_its_bn_keeps_statistics_per_feature_map(splits: Sp
     # the feature maps' statistics moved off their start, each map its own way
     assert bn["bn.0.running_mean"].unique().numel() == 4
     assert not torch.equal(bn["bn.0.running_var"], torch.ones(4))
-    assert trainer.net_state("plain")["bias.0"].shape == (4,)
+    assert trainer.net_state(LONE, "plain")["bias.0"].shape == (4,)
 
 
 @pytest.mark.parametrize("arch", [ARCH, CONV], ids=["mlp", "conv"])

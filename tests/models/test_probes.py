@@ -9,8 +9,8 @@ from bnlab.models.data import Split, Splits, to_inputs
 from bnlab.models.network import Architecture, NetStack, initial_weights
 from bnlab.models.probes import PROBE_SIZE, _percentiles, layer_stats, weight_grad_norms
 from bnlab.models.recalibration import recalibrate
-from bnlab.models.trainer import Sample, TrainingSpec, paired_trainer
-from tests.models.conftest import CPU, MLP
+from bnlab.models.trainer import Sample, TrainingSpec
+from tests.models.conftest import LONE, MLP, lone_trainer
 
 CONV = Architecture(conv_channels=(4,), hidden_layers=(16,))
 
@@ -21,13 +21,16 @@ def probe(splits: Splits) -> torch.Tensor:
 
 def train(splits: Splits, spec: TrainingSpec, arch: Architecture = MLP) -> list[Sample]:
     samples: list[Sample] = []
-    paired_trainer(arch, spec, splits, CPU).run(samples.append)
+    lone_trainer(arch, spec, splits).run(samples.append)
     return samples
 
 
 def test_relus_die_at_a_huge_learning_rate_without_bn_and_live_with_it(splits: Splits) -> None:
     samples = train(splits, TrainingSpec(learning_rate=5.0, training_batches=50))
-    plain, bn = samples[-1].nets["plain"].layers, samples[-1].nets["bn"].layers
+    plain, bn = (
+        samples[-1].cells[LONE].nets["plain"].layers,
+        samples[-1].cells[LONE].nets["bn"].layers,
+    )
     assert min(layer.stats.dead_fraction for layer in plain) > 0.8
     assert max(layer.stats.dead_fraction for layer in bn) < 0.5
     # dead units pass no gradient: the plain net stops learning altogether
@@ -40,7 +43,10 @@ def test_sigmoids_saturate_with_bad_weights_unless_bn_rescales_their_inputs(
 ) -> None:
     spec = TrainingSpec(learning_rate=0.01, training_batches=100, batches_per_sample=100)
     samples = train(splits, TrainingSpec(**{**spec.__dict__, "weight_std": 5.0}), sigmoid())
-    plain, bn = samples[-1].nets["plain"].layers, samples[-1].nets["bn"].layers
+    plain, bn = (
+        samples[-1].cells[LONE].nets["plain"].layers,
+        samples[-1].cells[LONE].nets["bn"].layers,
+    )
     assert all(layer.stats.dead_fraction > 0.7 for layer in plain)
     assert all(layer.stats.dead_fraction < 0.05 for layer in bn)
     assert all(layer.stats.p85 - layer.stats.p15 > 20 for layer in plain)
@@ -56,7 +62,7 @@ def test_every_sample_point_has_every_layer_and_gradients_after_step_0(splits: S
         splits, TrainingSpec(learning_rate=0.5, training_batches=40, batches_per_sample=20)
     )
     for sample in samples:
-        for net in sample.nets.values():
+        for net in sample.cells[LONE].nets.values():
             assert len(net.layers) == len(MLP.hidden_layers)
             expected_grads = sample.step > 0
             assert all((layer.grad_norm is not None) == expected_grads for layer in net.layers)

@@ -17,9 +17,8 @@ import torch
 from bnlab.models.checkpoint import load_state, save_state
 from bnlab.models.data import Splits
 from bnlab.models.network import VARIANTS, Architecture
-from bnlab.models.stacked import Cell, drop_cells, net_label, stacked_trainer
-from bnlab.models.trainer import Sample, Trainer, TrainingSpec, paired_trainer
-from tests.models.conftest import CPU
+from bnlab.models.trainer import Cell, Sample, Trainer, TrainingSpec, build_trainer
+from tests.models.conftest import CPU, LONE, lone_trainer
 
 RELU = Architecture(activation="relu")
 STEPS, EVERY = 100, 20
@@ -48,35 +47,31 @@ def assert_same_curve(alone: list[Sample], stacked: list[Sample], cell: str) -> 
     """The cell's nets in the stacked samples, against the lone pair's samples."""
     assert [s.step for s in alone] == [s.step for s in stacked]
     for lone, batched in zip(alone, stacked, strict=True):
-        mine = {v: batched.nets[net_label(cell, v)] for v in VARIANTS if v in lone.nets}
-        assert set(mine) == set(lone.nets), f"step {lone.step}: nets still training"
-        for variant, net in lone.nets.items():
+        mine, alone_cell = batched.cells[cell].nets, lone.cells[LONE]
+        assert set(mine) == set(alone_cell.nets), f"step {lone.step}: nets still training"
+        for variant, net in alone_cell.nets.items():
             assert mine[variant].val_accuracy == pytest.approx(net.val_accuracy, abs=1e-4)
             if net.train_loss is not None:
                 assert mine[variant].train_loss == pytest.approx(net.train_loss, rel=1e-4)
-        diverged = {
-            v: batched.diverged_at[net_label(cell, v)]
-            for v in VARIANTS
-            if net_label(cell, v) in batched.diverged_at
-        }
-        assert diverged == lone.diverged_at
+        assert batched.cells[cell].diverged_at == alone_cell.diverged_at
 
 
 def test_stacked_cells_give_the_curves_each_gives_alone(splits: Splits) -> None:
-    stacked = stacked_trainer(RELU, cells_of(STABLE), splits, CPU)
+    stacked = build_trainer(RELU, cells_of(STABLE), splits, CPU)
     assert [lane.stack.size for lane in stacked.lanes] == [4, 4]  # a plain and a bn stack
     batched = run(stacked)
     for i, cell_spec in enumerate(STABLE):
-        alone = run(paired_trainer(RELU, cell_spec, splits, CPU))
+        alone = run(lone_trainer(RELU, cell_spec, splits))
         assert_same_curve(alone, batched, f"c{i}")
-    assert set(stacked.diverged_at) == {"c1:plain", "c3:plain"}  # as the lone runs say
+    diverged = {c: cell.diverged_at for c, cell in batched[-1].cells.items() if cell.diverged_at}
+    assert set(diverged) == {"c1", "c3"} and all(set(d) == {"plain"} for d in diverged.values())
     # the nets really learned something: this is not agreement on chance-level curves
-    assert batched[-1].nets["c0:bn"].val_accuracy > 0.5
+    assert batched[-1].cells["c0"].nets["bn"].val_accuracy > 0.5
 
 
 def test_stacked_lanes_draw_the_same_batches_as_a_lone_pair(splits: Splits) -> None:
-    stacked = stacked_trainer(RELU, cells_of(STABLE), splits, CPU)
-    alone = paired_trainer(RELU, STABLE[2], splits, CPU)
+    stacked = build_trainer(RELU, cells_of(STABLE), splits, CPU)
+    alone = lone_trainer(RELU, STABLE[2], splits)
     for step in (0, 1, 17, 99, 5000):
         expected = alone.lanes[0].order.indices(step)
         for lane in stacked.lanes:
@@ -93,14 +88,14 @@ def test_one_step_of_every_regime_agrees(splits: Splits, activation: str) -> Non
         for rate in (0.01, 1.0, 2.0)
         for std in (0.05, 5.0)
     ]
-    stacked = stacked_trainer(arch, cells_of(one_step), splits, CPU)
+    stacked = build_trainer(arch, cells_of(one_step), splits, CPU)
     run(stacked)
     for i, cell_spec in enumerate(one_step):
-        alone = paired_trainer(arch, cell_spec, splits, CPU)
+        alone = lone_trainer(arch, cell_spec, splits)
         run(alone)
         for variant in VARIANTS:
-            mine = stacked.net_state(net_label(f"c{i}", variant))
-            for name, tensor in alone.net_state(variant).items():
+            mine = stacked.net_state(f"c{i}", variant)
+            for name, tensor in alone.net_state(LONE, variant).items():
                 # relative to the tensor's scale: single entries near zero differ by rounding
                 scale = tensor.abs().max().item() or 1.0
                 difference = (mine[name] - tensor).abs().max().item()
@@ -108,43 +103,46 @@ def test_one_step_of_every_regime_agrees(splits: Splits, activation: str) -> Non
 
 
 def test_a_dropped_cell_leaves_and_the_others_train_on(splits: Splits) -> None:
-    stacked = stacked_trainer(RELU, cells_of(STABLE), splits, CPU)
+    stacked = build_trainer(RELU, cells_of(STABLE), splits, CPU)
     samples: list[Sample] = []
 
     def drop_c2_at_40() -> bool:
         if stacked.step == 40:
-            drop_cells(stacked, ["c2"])
+            stacked.drop(["c2"])
         return False
 
     stacked.run(samples.append, should_cancel=drop_c2_at_40)
     after = [s for s in samples if s.step > 40]
-    assert after and all(not any(k.startswith("c2:") for k in s.nets) for s in after)
-    assert "c2:plain" not in stacked.labels
+    assert after and all("c2" not in s.cells for s in after)
+    assert stacked.cells == ["c0", "c1", "c3"]
     for i in (0, 1, 3):
-        alone = run(paired_trainer(RELU, STABLE[i], splits, CPU))
+        alone = run(lone_trainer(RELU, STABLE[i], splits))
         assert_same_curve(alone, samples, f"c{i}")
 
 
 def test_resumed_stacked_training_equals_uninterrupted(splits: Splits, tmp_path: Path) -> None:
-    uninterrupted = stacked_trainer(RELU, cells_of(STABLE), splits, CPU)
+    uninterrupted = build_trainer(RELU, cells_of(STABLE), splits, CPU)
     full = run(uninterrupted)
 
-    interrupted = stacked_trainer(RELU, cells_of(STABLE), splits, CPU)
+    interrupted = build_trainer(RELU, cells_of(STABLE), splits, CPU)
     interrupted.run(lambda s: None, should_cancel=lambda: interrupted.step == 40)
-    save_state(tmp_path / "state.safetensors", *interrupted.state())
-    resumed = stacked_trainer(RELU, cells_of(STABLE), splits, CPU)
-    resumed.restore(*load_state(tmp_path / "state.safetensors"))
+    for cell in interrupted.cells:
+        save_state(tmp_path / f"{cell}.safetensors", *interrupted.state(cell))
+    resumed = build_trainer(RELU, cells_of(STABLE), splits, CPU)
+    assert resumed.restore(
+        {cell: load_state(tmp_path / f"{cell}.safetensors") for cell in resumed.cells}
+    )
 
     assert run(resumed) == [s for s in full if s.step > 40]
-    assert resumed.diverged_at == uninterrupted.diverged_at
-    for label in uninterrupted.labels:
-        for name, tensor in uninterrupted.net_state(label).items():
-            assert torch.equal(resumed.net_state(label)[name], tensor) or (
-                tensor.is_floating_point() and not math.isfinite(tensor.sum().item())
-            )
+    for cell in uninterrupted.cells:
+        for variant in VARIANTS:
+            for name, tensor in uninterrupted.net_state(cell, variant).items():
+                assert torch.equal(resumed.net_state(cell, variant)[name], tensor) or (
+                    tensor.is_floating_point() and not math.isfinite(tensor.sum().item())
+                )
 
 
 def test_cells_with_another_batch_order_are_refused(splits: Splits) -> None:
     other_seed = spec(0.05, 0.05, seed=1)
     with pytest.raises(ValueError, match="differs from cell c0 in seed"):
-        stacked_trainer(RELU, cells_of([STABLE[0], other_seed]), splits, CPU)
+        build_trainer(RELU, cells_of([STABLE[0], other_seed]), splits, CPU)

@@ -1,4 +1,5 @@
-"""The paired trainer: reproducible, resumable, cancellable, and it survives a diverging net."""
+"""A lone experiment's trainer (a group of one cell): reproducible, resumable, cancellable,
+and it survives a diverging net."""
 
 import math
 from collections.abc import Callable
@@ -10,8 +11,8 @@ import torch
 from bnlab.models.checkpoint import load_state, save_state
 from bnlab.models.data import Splits
 from bnlab.models.network import VARIANTS, Architecture
-from bnlab.models.trainer import Sample, Trainer, TrainingSpec, paired_trainer
-from tests.models.conftest import CPU
+from bnlab.models.trainer import Sample, Trainer, TrainingSpec
+from tests.models.conftest import LONE, lone_trainer
 
 ARCH = Architecture()
 SHORT = TrainingSpec(learning_rate=0.5, training_batches=60, batches_per_sample=20)
@@ -30,7 +31,7 @@ def run(trainer: Trainer, **hooks) -> list[Sample]:
 
 def assert_same_nets(a: Trainer, b: Trainer) -> None:
     for label in VARIANTS:
-        state_a, state_b = a.net_state(label), b.net_state(label)
+        state_a, state_b = a.net_state(LONE, label), b.net_state(LONE, label)
         assert state_a.keys() == state_b.keys()
         for name, tensor in state_a.items():
             # exactly equal; a diverged net's frozen weights may hold NaNs, equal as well
@@ -40,8 +41,8 @@ def assert_same_nets(a: Trainer, b: Trainer) -> None:
 
 
 def test_same_spec_and_seed_give_bit_identical_curves_and_weights(splits: Splits) -> None:
-    first = paired_trainer(ARCH, SHORT, splits, CPU)
-    second = paired_trainer(ARCH, SHORT, splits, CPU)
+    first = lone_trainer(ARCH, SHORT, splits)
+    second = lone_trainer(ARCH, SHORT, splits)
     first_curve, second_curve = run(first), run(second)
     assert [s.step for s in first_curve] == [0, 20, 40, 60]
     assert first_curve == second_curve
@@ -50,9 +51,7 @@ def test_same_spec_and_seed_give_bit_identical_curves_and_weights(splits: Splits
 
 def test_another_seed_gives_another_curve(splits: Splits) -> None:
     other = TrainingSpec(**{**SHORT.__dict__, "seed": 1})
-    assert run(paired_trainer(ARCH, SHORT, splits, CPU)) != run(
-        paired_trainer(ARCH, other, splits, CPU)
-    )
+    assert run(lone_trainer(ARCH, SHORT, splits)) != run(lone_trainer(ARCH, other, splits))
 
 
 def cancel_at(step: int, trainer: Trainer) -> Callable[[], bool]:
@@ -64,57 +63,57 @@ def cancel_at(step: int, trainer: Trainer) -> Callable[[], bool]:
 def test_resumed_training_equals_uninterrupted_training(
     splits: Splits, tmp_path: Path, spec: TrainingSpec
 ) -> None:
-    uninterrupted = paired_trainer(ARCH, spec, splits, CPU)
+    uninterrupted = lone_trainer(ARCH, spec, splits)
     full_curve = run(uninterrupted)
 
-    interrupted = paired_trainer(ARCH, spec, splits, CPU)
+    interrupted = lone_trainer(ARCH, spec, splits)
     assert interrupted.run(lambda s: None, cancel_at(20, interrupted)) == "cancelled"
-    save_state(tmp_path / "state.safetensors", *interrupted.state())
+    save_state(tmp_path / "state.safetensors", *interrupted.state(LONE))
 
-    resumed = paired_trainer(ARCH, spec, splits, CPU)
-    resumed.restore(*load_state(tmp_path / "state.safetensors"))
+    resumed = lone_trainer(ARCH, spec, splits)
+    assert resumed.restore({LONE: load_state(tmp_path / "state.safetensors")})
     resumed_curve = run(resumed)
 
     assert [s.step for s in resumed_curve] == [40, 60]
     assert resumed_curve == [s for s in full_curve if s.step > 20]
-    assert resumed.diverged_at == uninterrupted.diverged_at
+    assert resumed_curve[-1].cells[LONE].diverged_at == full_curve[-1].cells[LONE].diverged_at
     assert_same_nets(resumed, uninterrupted)
 
 
 def test_a_diverging_net_is_reported_and_the_other_trains_on(splits: Splits) -> None:
-    trainer = paired_trainer(ARCH, DIVERGING, splits, CPU)
+    trainer = lone_trainer(ARCH, DIVERGING, splits)
     curve = run(trainer)
 
     assert trainer.step == DIVERGING.training_batches
-    diverged_at = curve[-1].diverged_at
+    diverged_at = curve[-1].cells[LONE].diverged_at
     assert list(diverged_at) == ["plain"]
     assert 0 < diverged_at["plain"] <= 20
     after = [s for s in curve if s.step >= diverged_at["plain"]]
     assert [s.step for s in after] == [20, 40, 60]
     for sample in after:
-        assert list(sample.nets) == ["bn"]
-        assert sample.diverged_at == diverged_at
-        assert math.isfinite(sample.nets["bn"].train_loss)
-        assert math.isfinite(sample.nets["bn"].val_accuracy)
-    assert all(torch.isfinite(t.float()).all() for t in trainer.net_state("bn").values())
+        assert list(sample.cells[LONE].nets) == ["bn"]
+        assert sample.cells[LONE].diverged_at == diverged_at
+        assert math.isfinite(sample.cells[LONE].nets["bn"].train_loss)
+        assert math.isfinite(sample.cells[LONE].nets["bn"].val_accuracy)
+    assert all(torch.isfinite(t.float()).all() for t in trainer.net_state(LONE, "bn").values())
 
 
 def test_training_finishes_when_every_net_diverges(splits: Splits) -> None:
     spec = TrainingSpec(**{**DIVERGING.__dict__, "learning_rate": 1e4})
-    trainer = paired_trainer(ARCH, spec, splits, CPU)
+    trainer = lone_trainer(ARCH, spec, splits)
     samples: list[Sample] = []
 
     assert trainer.run(samples.append) == "finished"
-    assert set(samples[-1].diverged_at) == {"plain", "bn"}
+    assert set(samples[-1].cells[LONE].diverged_at) == {"plain", "bn"}
     assert samples[-1].step == spec.training_batches
-    assert samples[-1].nets == {}
-    tensors, meta = trainer.state()  # both nets can still be saved, as they diverged
-    assert meta["diverged_at"] == samples[-1].diverged_at
+    assert samples[-1].cells[LONE].nets == {}
+    tensors, meta = trainer.state(LONE)  # both nets can still be saved, as they diverged
+    assert meta["diverged_at"] == samples[-1].cells[LONE].diverged_at
     assert {"plain/weight.0", "bn/weight.0", "bn/bn.0.running_var"} <= set(tensors)
 
 
 def test_cancel_hook_stops_training_at_a_sample_point(splits: Splits) -> None:
-    trainer = paired_trainer(ARCH, SHORT, splits, CPU)
+    trainer = lone_trainer(ARCH, SHORT, splits)
     samples: list[Sample] = []
     end = trainer.run(samples.append, should_cancel=lambda: trainer.step >= 20)
     assert end == "cancelled"
@@ -123,9 +122,10 @@ def test_cancel_hook_stops_training_at_a_sample_point(splits: Splits) -> None:
 
 
 def test_curve_starts_with_untrained_accuracy_and_no_loss(splits: Splits) -> None:
-    trainer = paired_trainer(ARCH, SHORT, splits, CPU)
+    trainer = lone_trainer(ARCH, SHORT, splits)
     first, *rest = run(trainer)
     assert first.step == 0
-    assert first.nets["plain"].val_accuracy == first.nets["bn"].val_accuracy  # same weights
-    assert all(net.train_loss is None for net in first.nets.values())
-    assert all(net.train_loss is not None for s in rest for net in s.nets.values())
+    nets = first.cells[LONE].nets
+    assert nets["plain"].val_accuracy == nets["bn"].val_accuracy  # same weights
+    assert all(net.train_loss is None for net in nets.values())
+    assert all(net.train_loss is not None for s in rest for net in s.cells[LONE].nets.values())
