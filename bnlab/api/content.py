@@ -5,6 +5,8 @@ should be a valid dictionary", leaving the sender to guess that the header is wh
 (`curl -d` sends application/x-www-form-urlencoded unless told otherwise).
 """
 
+from typing import Any
+
 from fastapi import Depends, HTTPException, Request
 
 from bnlab.api.schemas import Message
@@ -25,5 +27,8 @@ async def require_json(request: Request) -> None:
     )
 
 
+# A route's documented answers, as FastAPI's `responses=` takes them.
+Responses = dict[int | str, dict[str, Any]]
+
 JSON_ONLY = Depends(require_json)
-NOT_JSON = {415: {"model": Message, "description": "The body is not JSON."}}
+NOT_JSON: Responses = {415: {"model": Message, "description": "The body is not JSON."}}

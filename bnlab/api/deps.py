@@ -1,6 +1,6 @@
 """What routes get injected: settings, a database session per request, the broker, the served
-nets, and the experiment or sweep a path names. `create_app` puts the long-lived ones on
-`app.state`.
+nets, the study's compute slots, and the experiment or sweep a path names. `create_app` puts the
+long-lived ones on `app.state`.
 
 The light ones are `async def`: FastAPI runs a plain `def` dependency in its threadpool. The
 /predict route reads `app_settings` and `served_nets` as plain calls instead: resolving even an
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from bnlab.api.broker import Broker
 from bnlab.api.schemas import MAX_ID
 from bnlab.api.serving import ServedNets
+from bnlab.api.study.sources import ComputeSlots
 from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.db import make_sessionmaker
@@ -32,6 +33,11 @@ def app_settings(request: Request) -> Settings:
 def served_nets(request: Request) -> ServedNets:
     nets: ServedNets = request.app.state.served_nets
     return nets
+
+
+def study_slots(request: Request) -> ComputeSlots:
+    slots: ComputeSlots = request.app.state.study_slots
+    return slots
 
 
 async def get_settings(request: Request) -> Settings:

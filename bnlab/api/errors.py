@@ -8,6 +8,9 @@ A database that cannot answer now (down, restarting, unreachable, its connection
 or that lacks bnlab's tables is a 503 with `Retry-After` and what to do, not a bare 500: every
 route that reads SQL gets it from here, whichever SQLAlchemy error the driver's failure became
 (OperationalError, InterfaceError, or any error that invalidated the connection).
+
+Code below the routes raises the domain's errors (bnlab/api/domain_errors.py); `STATUS` is the
+one place that says which HTTP status each is.
 """
 
 import math
@@ -20,6 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
+from bnlab.api import domain_errors
 from bnlab.api.redact import reason
 from bnlab.settings import Settings
 from bnlab.store.retry import is_transient
@@ -32,10 +36,31 @@ RETRY_AFTER_SECONDS = 5
 UNDEFINED_TABLE_OR_COLUMN = frozenset({"42P01", "42703"})
 SQLITE_MISSING = ("no such table", "no such column")
 
+STATUS: dict[type[domain_errors.DomainError], int] = {
+    domain_errors.Malformed: 400,
+    domain_errors.NotFound: 404,
+    domain_errors.Conflict: 409,
+    domain_errors.TooLarge: 413,
+    domain_errors.UnsupportedMedia: 415,
+    domain_errors.Invalid: 422,
+    domain_errors.Unavailable: 503,
+    domain_errors.Busy: 503,
+}
+
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(DBAPIError, _database_error)  # type: ignore[arg-type]
+    app.add_exception_handler(domain_errors.DomainError, _domain_error)  # type: ignore[arg-type]
+
+
+async def _domain_error(_request: Request, error: domain_errors.DomainError) -> JSONResponse:
+    headers = {}
+    if isinstance(error, domain_errors.Busy):
+        headers["Retry-After"] = str(error.retry_after)
+    return JSONResponse(
+        status_code=STATUS[type(error)], content={"detail": error.message}, headers=headers
+    )
 
 
 async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:

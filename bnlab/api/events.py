@@ -29,12 +29,12 @@ from fastapi.sse import ServerSentEvent
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from bnlab.api.routes.sweeps import present
-from bnlab.api.schemas import ExperimentOut
+from bnlab.api.presenters import experiment_out, sweep_out
+from bnlab.api.schemas import ExperimentOut, Progress
 from bnlab.api.sweeps.schemas import SweepOut
-from bnlab.api.workers import notices
 from bnlab.settings import Settings
 from bnlab.store import queries
+from bnlab.vocabulary import TERMINAL
 
 POLL_SECONDS = 0.5
 
@@ -65,17 +65,10 @@ def poll(
             }
             for variant, point in queries.curve_points_after(session, experiment_id, after_step)
         ]
-        progress = {
-            "step": experiment.progress_step,
-            "total": experiment.progress_total,
-            "steps_per_second": experiment.steps_per_second,
-            "eta_seconds": experiment.eta_seconds,
-            "status": experiment.status,
-        }
+        progress = Progress.of(experiment).model_dump() | {"status": experiment.status}
         finished = None
-        if experiment.status in queries.TERMINAL:
-            notice = notices(session, settings, [experiment])[experiment.id]
-            finished = ExperimentOut.from_row(experiment, notice)
+        if experiment.status in TERMINAL:
+            finished = experiment_out(experiment, session, settings)
         return Poll(points, progress, finished)
 
 
@@ -127,17 +120,12 @@ def poll_sweep(
             {
                 "id": cell.id,
                 "status": cell.status,
-                "progress": {
-                    "step": cell.progress_step,
-                    "total": cell.progress_total,
-                    "steps_per_second": cell.steps_per_second,
-                    "eta_seconds": cell.eta_seconds,
-                },
+                "progress": Progress.of(cell).model_dump(),
             }
             for cell in sweep.experiments
         ]
-        done = all(cell["status"] in queries.TERMINAL for cell in cells)
-        return SweepPoll(cells, present(sweep, session, settings) if done else None)
+        done = all(cell["status"] in TERMINAL for cell in cells)
+        return SweepPoll(cells, sweep_out(sweep, session, settings) if done else None)
 
 
 async def sweep_events(

@@ -10,12 +10,13 @@ quietly answering with the other row would hide it.
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Header, HTTPException, Response
+from fastapi import Header, Response
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bnlab.api.domain_errors import Invalid
 from bnlab.store.tables import Experiment, Sweep
 
 HEADER = "Idempotency-Key"
@@ -101,8 +102,7 @@ def once(
                 raise
     if not same(earlier):
         number = getattr(earlier, "id", "?")
-        raise HTTPException(
-            422,
+        raise Invalid(
             f"{HEADER} {key!r} was already used for {what} {number}, with a different body: "
             f"send a new key to create another {what}, or the same body to get {what} "
             f"{number} back",

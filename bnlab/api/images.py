@@ -12,6 +12,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from bnlab.api.domain_errors import Invalid, TooLarge
+
 SIDE = 28
 FORMATS = ("PNG", "JPEG")
 # Far more than a digit needs, far less than Pillow's own limit (~89 megapixels): a small
@@ -19,18 +21,10 @@ FORMATS = ("PNG", "JPEG")
 MAX_PIXELS = 4096 * 4096
 
 
-class ImageRejected(Exception):
-    """An upload that cannot be served, with the HTTP status that says why."""
-
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-
 def decode_digit(data: bytes) -> Tensor:
     """uint8 pixels (28, 28), white digit on black, from PNG or JPEG bytes."""
     if not data:
-        raise ImageRejected(422, "the uploaded image is empty")
+        raise Invalid("the uploaded image is empty")
     try:
         # `formats` keeps Pillow's other (less used, less hardened) decoders out of reach.
         with Image.open(io.BytesIO(data), formats=FORMATS) as image:
@@ -41,10 +35,9 @@ def decode_digit(data: bytes) -> Tensor:
             if getattr(image, "is_animated", False) and image.format == "PNG":
                 # Which frame is the digit is anyone's guess. (A camera's multi-picture JPEG
                 # is fine: its first image is the photo.)
-                raise ImageRejected(
-                    422,
-                    f"the PNG is animated ({image.n_frames} frames): send one still image of "
-                    "the digit",
+                frames = getattr(image, "n_frames", "several")
+                raise Invalid(
+                    f"the PNG is animated ({frames} frames): send one still image of the digit",
                 )
             if image.format == "JPEG":
                 # Let libjpeg decode at a fraction of the size: a photo becomes 28x28 anyway.
@@ -52,16 +45,12 @@ def decode_digit(data: bytes) -> Tensor:
             gray = _grayscale(ImageOps.exif_transpose(image))
             small = gray.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
     except Image.DecompressionBombError as error:
-        raise ImageRejected(
-            413, f"the image has too many pixels to decode safely: {error}"
-        ) from None
+        raise TooLarge(f"the image has too many pixels to decode safely: {error}") from None
     except UnidentifiedImageError:
-        raise ImageRejected(
-            422, "the upload is not a PNG or JPEG image, or its header is damaged"
-        ) from None
+        raise Invalid("the upload is not a PNG or JPEG image, or its header is damaged") from None
     except (OSError, SyntaxError, ValueError) as error:
         # Pillow's ways of saying "truncated" or "corrupt".
-        raise ImageRejected(422, f"the image could not be decoded: {error}") from None
+        raise Invalid(f"the image could not be decoded: {error}") from None
     pixels = torch.frombuffer(bytearray(small.tobytes()), dtype=torch.uint8).view(SIDE, SIDE)
     if pixels.float().mean() > 127:  # dark ink on light paper: make it MNIST's white on black
         pixels = 255 - pixels
@@ -93,9 +82,8 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     return eight
 
 
-def _bomb(width: int, height: int) -> ImageRejected:
-    return ImageRejected(
-        413,
+def _bomb(width: int, height: int) -> TooLarge:
+    return TooLarge(
         f"the image is {width}x{height} pixels; at most {MAX_PIXELS:,} pixels are decoded "
         "(a digit needs 28x28): scale it down and send it again",
     )

@@ -12,6 +12,7 @@ from bnlab.api.broker import Broker
 from bnlab.api.limits import LimitBody
 from bnlab.api.routes import add_routes
 from bnlab.api.serving import ServedNets, checkpoint_loader
+from bnlab.api.study.sources import ComputeSlots
 from bnlab.settings import Settings, get_settings
 from bnlab.store.db import make_sessionmaker
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.predict_cache_size,
         checkpoint_loader(settings, make_sessionmaker(settings.database_url)),
     )
+    app.state.study_slots = ComputeSlots(settings.study_slots)
     writes.install(app)
     errors.install(app)
     add_routes(app)

@@ -14,12 +14,13 @@ matplotlib.use("Agg")  # no display on a server; set before anything imports pyp
 from matplotlib.figure import Figure
 
 from bnlab.api.schemas import Series
+from bnlab.vocabulary import Variant
 
 COLORS = {"plain": "tab:orange", "bn": "tab:blue"}
 LABELS = {"plain": "without BN", "bn": "with BN"}
 
 
-def curve_png(series: dict[str, Series], spec: dict[str, Any]) -> bytes:
+def curve_png(series: dict[Variant, Series], spec: dict[str, Any]) -> bytes:
     """Validation accuracy against training step for both variants; valid with no points yet."""
     figure = Figure(figsize=(8, 5), dpi=100)
     axes = figure.add_subplot()

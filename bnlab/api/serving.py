@@ -5,7 +5,8 @@ needs no database round trip. Entries are keyed by (experiment id, variant, vers
 None standing for the latest, with the version actually loaded kept beside it. A later version
 appears only through recalibration (routes/study.py), which drops that net's "latest" entry from
 this process's cache. Loading verifies the file's sha256 against the one recorded when it was
-written: a file changed on disk is refused, not served.
+written (`verified_file`, which the download route uses too): a file changed on disk is refused,
+not served.
 """
 
 import threading
@@ -13,19 +14,21 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fastapi import HTTPException
 from sqlalchemy.orm import Session, sessionmaker
 
+from bnlab.api.domain_errors import Conflict, NotFound
 from bnlab.models.checkpoint import CheckpointError, load_net, sha256_of
 from bnlab.models.inference import ServedNet
 from bnlab.models.network import NetStack
 from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.tables import Checkpoint
+from bnlab.vocabulary import Variant
 
-Key = tuple[int, str, int | None]  # (experiment id, variant, checkpoint version; None: latest)
-Loader = Callable[[int, str, int | None], "LoadedNet"]
+Key = tuple[int, Variant, int | None]  # (experiment id, variant, checkpoint version; None: latest)
+Loader = Callable[[int, Variant, int | None], "LoadedNet"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,9 @@ class ServedNets:
         self.hits = 0
         self.misses = 0
 
-    def get(self, experiment_id: int, variant: str, version: int | None = None) -> ServedNet | None:
+    def get(
+        self, experiment_id: int, variant: Variant, version: int | None = None
+    ) -> ServedNet | None:
         """The hot path: a dict lookup under a lock, no I/O (`_entry` inlined: a call less)."""
         key = (experiment_id, variant, version)
         with self._lock:
@@ -69,11 +74,11 @@ class ServedNets:
             self._entries.move_to_end(key)
             return entry
 
-    def load(self, experiment_id: int, variant: str, version: int | None = None) -> ServedNet:
+    def load(self, experiment_id: int, variant: Variant, version: int | None = None) -> ServedNet:
         """Load (blocking: database, file hash, tensors) unless another caller just did."""
         return self.loaded(experiment_id, variant, version).net
 
-    def loaded(self, experiment_id: int, variant: str, version: int | None = None) -> LoadedNet:
+    def loaded(self, experiment_id: int, variant: Variant, version: int | None = None) -> LoadedNet:
         """The net and the checkpoint version it came from, loaded if need be (blocking)."""
         key = (experiment_id, variant, version)
         with self._loading:
@@ -88,7 +93,7 @@ class ServedNets:
                     self._entries.popitem(last=False)
             return entry
 
-    def forget_latest(self, experiment_id: int, variant: str) -> None:
+    def forget_latest(self, experiment_id: int, variant: Variant) -> None:
         """A new checkpoint version was made: "latest" must be looked up again."""
         with self._lock:
             self._entries.pop((experiment_id, variant, None), None)
@@ -98,54 +103,76 @@ class ServedNets:
 
 
 def checkpoint_loader(settings: Settings, sessions: sessionmaker[Session]) -> Loader:
-    def load(experiment_id: int, variant: str, version: int | None) -> LoadedNet:
+    def load(experiment_id: int, variant: Variant, version: int | None) -> LoadedNet:
         with sessions() as session:
             experiment = queries.get_experiment(session, experiment_id)
             if experiment is None:
-                raise HTTPException(404, f"no experiment with id {experiment_id}")
+                raise NotFound(f"no experiment with id {experiment_id}")
             if experiment.status != "succeeded":
-                raise HTTPException(
-                    409,
+                raise Conflict(
                     f"experiment {experiment_id} is {experiment.status}: predictions are served "
-                    "once it has succeeded",
+                    "once it has succeeded"
                 )
             checkpoint = queries.checkpoint_of(session, experiment_id, variant, version)
         if checkpoint is None and version is not None:
-            raise HTTPException(
-                404, f"experiment {experiment_id} has no {variant} checkpoint version {version}"
+            raise NotFound(
+                f"experiment {experiment_id} has no {variant} checkpoint version {version}"
             )
         if checkpoint is None:
-            raise HTTPException(409, f"experiment {experiment_id} has no {variant} checkpoint")
+            raise Conflict(f"experiment {experiment_id} has no {variant} checkpoint")
         stack, _meta = open_checkpoint(checkpoint, experiment_id, variant, settings)
         return LoadedNet(ServedNet(stack), checkpoint.version)
 
     return load
 
 
-def open_checkpoint(
-    checkpoint: Checkpoint, experiment_id: int, variant: str, settings: Settings
-) -> tuple[NetStack, dict]:
-    """The checkpoint's net and metadata, its file checked against the recorded sha256; a 409
-    that says what is wrong otherwise."""
+def verified_file(checkpoint: Checkpoint, experiment_id: int, variant: Variant) -> Path:
+    """The checkpoint's file, checked against the sha256 recorded when it was written: what
+    download, /predict, the demos and recalibration all read.
+
+    A file missing, unreadable or changed on disk is a `Conflict` (409) wherever it is asked
+    for, not a 404: the checkpoint exists (it is recorded, and the URL or query that named it is
+    right), but the server's copy of it cannot be served in its present state. A 404 would send
+    the user to check an id that is correct; the 409's message says what is wrong with the file,
+    which is the operator's to restore.
+    """
     path = Path(checkpoint.path)
-    what = f"the {variant} checkpoint of experiment {experiment_id}"
-    if checkpoint.version > 1:
-        what += f" (version {checkpoint.version})"
+    what = _describe(checkpoint, experiment_id, variant)
     try:
-        if sha256_of(path) != checkpoint.sha256:
-            raise HTTPException(
-                409,
-                f"{what} changed on disk since it was written (sha256 mismatch); it is not served",
-            )
-        stack, meta = load_net(path, settings.bn_impl)
+        matches = sha256_of(path) == checkpoint.sha256
     except FileNotFoundError:
-        raise HTTPException(409, f"{what} is missing on disk") from None
+        raise Conflict(f"{what} is recorded but its file is missing on disk") from None
     except OSError as error:
-        raise HTTPException(409, f"{what} cannot be read: {error.strerror}") from None
+        raise Conflict(f"{what} cannot be read: {error.strerror}") from None
+    if not matches:
+        raise Conflict(
+            f"{what} changed on disk since it was written (sha256 mismatch); it is not served"
+        )
+    return path
+
+
+def open_checkpoint(
+    checkpoint: Checkpoint, experiment_id: int, variant: Variant, settings: Settings
+) -> tuple[NetStack, dict[str, Any]]:
+    """The checkpoint's net and metadata from its verified file; a `Conflict` that says what is
+    wrong otherwise."""
+    path = verified_file(checkpoint, experiment_id, variant)
+    what = _describe(checkpoint, experiment_id, variant)
+    try:
+        stack, meta = load_net(path, settings.bn_impl)
+    except OSError as error:  # gone or unreadable since it was hashed a moment ago
+        raise Conflict(f"{what} cannot be read: {error.strerror}") from None
     except CheckpointError as error:
         # The message names the file; its folder on the server is no business of a client.
         message = str(error).replace(str(path), path.name)
-        raise HTTPException(409, f"{what} does not load: {message}") from None
+        raise Conflict(f"{what} does not load: {message}") from None
     if stack.variant != variant:
-        raise HTTPException(409, f"{what} holds a {stack.variant} net; it is not served")
+        raise Conflict(f"{what} holds a {stack.variant} net; it is not served")
     return stack, meta
+
+
+def _describe(checkpoint: Checkpoint, experiment_id: int, variant: Variant) -> str:
+    what = f"the {variant} checkpoint of experiment {experiment_id}"
+    if checkpoint.version > 1:
+        what += f" (version {checkpoint.version})"
+    return what

@@ -5,21 +5,22 @@ content types, and pydantic's `model_validate_json` (Rust) parses pixel arrays s
 faster than FastAPI's `json.loads` plus validation.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from fastapi import HTTPException, Request
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from torch import Tensor
 
+from bnlab.api.domain_errors import Invalid, Malformed, TooLarge, UnsupportedMedia
 from bnlab.api.errors import describe
-from bnlab.api.images import SIDE, ImageRejected, decode_digit
+from bnlab.api.images import SIDE, decode_digit
 from bnlab.api.schemas import Pixel, PixelsBody
 
 IMAGE_FIELD = "image"
@@ -36,8 +37,7 @@ async def read_images(request: Request, max_bytes: int) -> Images:
     kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     is_json = kind == "application/json" or kind.endswith("+json")
     if not is_json and kind != "multipart/form-data":
-        raise HTTPException(
-            415,
+        raise UnsupportedMedia(
             f"Content-Type {kind or '(none)'} is not accepted: send application/json with "
             f'{{"pixels": ...}}, or multipart/form-data with a PNG or JPEG in the field '
             f"'{IMAGE_FIELD}'",
@@ -57,7 +57,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         try:
             too_large = int(declared) > max_bytes
         except ValueError:
-            raise HTTPException(400, f"Content-Length {declared!r} is not a number") from None
+            raise Malformed(f"Content-Length {declared!r} is not a number") from None
         if too_large:
             raise _too_large(max_bytes)
     chunks: list[bytes] = []
@@ -72,13 +72,13 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 def images_from_json(body: bytes) -> Images:
     if not body or body.isspace():
-        raise HTTPException(422, 'the body is empty: send {"pixels": [...]}')
+        raise Invalid('the body is empty: send {"pixels": [...]}')
     pixels = parse_pixels(body)
     try:
         # numpy builds the array from nested lists several times faster than torch.tensor.
         array = np.array(pixels, dtype=np.float32)
     except ValueError:
-        raise HTTPException(422, "pixels: the rows (or images) differ in length") from None
+        raise Invalid("pixels: the rows (or images) differ in length") from None
     return _shaped(torch.from_numpy(array), array.shape)
 
 
@@ -113,7 +113,7 @@ def parse_pixels(body: bytes) -> list[Any]:
     try:
         return PixelsBody.model_validate_json(body).pixels
     except ValidationError as error:
-        raise HTTPException(422, describe(error)) from None
+        raise Invalid(describe(error)) from None
 
 
 def _bracket_depth(body: bytes) -> int:
@@ -135,25 +135,20 @@ async def images_from_multipart(request: Request, body: bytes) -> Images:
     try:
         form = await parser.parse()
     except MultiPartException as error:
-        raise HTTPException(422, f"the multipart body is malformed: {error.message}") from None
+        raise Invalid(f"the multipart body is malformed: {error.message}") from None
     try:
         uploads = form.getlist(IMAGE_FIELD)
         if not uploads:
-            raise HTTPException(
-                422, f"no image: send the PNG or JPEG as a file in the form field '{IMAGE_FIELD}'"
+            raise Invalid(
+                f"no image: send the PNG or JPEG as a file in the form field '{IMAGE_FIELD}'"
             )
         if not all(isinstance(upload, UploadFile) for upload in uploads):
-            raise HTTPException(
-                422, f"the form field '{IMAGE_FIELD}' must be a file upload, not a text value"
-            )
+            raise Invalid(f"the form field '{IMAGE_FIELD}' must be a file upload, not a text value")
         blobs = [await upload.read() for upload in uploads]  # type: ignore[union-attr]
     finally:
         await form.close()
-    try:
-        # Decoding may take milliseconds for a big photo: off the event loop.
-        digits = await run_in_threadpool(_decode_all, blobs)
-    except ImageRejected as error:
-        raise HTTPException(error.status_code, str(error)) from None
+    # Decoding may take milliseconds for a big photo: off the event loop.
+    digits = await run_in_threadpool(_decode_all, blobs)
     pixels = torch.stack(digits).float().div_(255)
     return Images(pixels, single=len(blobs) == 1)
 
@@ -163,10 +158,10 @@ def _decode_all(blobs: list[bytes]) -> list[Tensor]:
     for index, blob in enumerate(blobs):
         try:
             digits.append(decode_digit(blob))
-        except ImageRejected as error:
+        except (Invalid, TooLarge) as error:
             if len(blobs) == 1:
                 raise
-            raise ImageRejected(error.status_code, f"image {index}: {error}") from None
+            raise type(error)(f"image {index}: {error}") from None
     return digits
 
 
@@ -181,19 +176,18 @@ def _shaped(pixels: Tensor, shape: tuple[int, ...]) -> Images:
     if len(shape) == 3 and shape[0] > 0 and shape[1:] == (SIDE, SIDE):
         return Images(pixels, single=False)
     if shape[0] == 0:
-        raise HTTPException(422, "pixels is empty: send one image (784 numbers) or a list of them")
-    raise HTTPException(
-        422,
+        raise Invalid("pixels is empty: send one image (784 numbers) or a list of them")
+    raise Invalid(
         f"pixels has shape {list(shape)}; expected 784 numbers, 28 rows of 28, or a list of "
         "such images",
     )
 
 
-async def _once(body: bytes) -> AsyncIterator[bytes]:
+async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
     yield body
 
 
-def _too_large(max_bytes: int) -> HTTPException:
-    return HTTPException(
-        413, f"the body is larger than {max_bytes:,} bytes: send a smaller image or fewer images"
+def _too_large(max_bytes: int) -> TooLarge:
+    return TooLarge(
+        f"the body is larger than {max_bytes:,} bytes: send a smaller image or fewer images"
     )

@@ -8,13 +8,14 @@ from sqlalchemy.orm import Session
 from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.tables import Experiment
+from bnlab.vocabulary import Queue
 
 # A worker missing three heartbeats in a row is gone; the slack absorbs a busy database.
 MISSED_HEARTBEATS = 3
 SLACK_SECONDS = 5.0
 
 
-def live_worker_counts(session: Session, settings: Settings) -> dict[str, int]:
+def live_worker_counts(session: Session, settings: Settings) -> dict[Queue, int]:
     max_age = MISSED_HEARTBEATS * settings.worker_heartbeat_seconds + SLACK_SECONDS
     return queries.live_workers(session, timedelta(seconds=max_age))
 
@@ -30,7 +31,7 @@ def notices(
     return {experiment.id: notice(experiment, counts) for experiment in experiments}
 
 
-def notice(experiment: Experiment, counts: dict[str, int]) -> str | None:
+def notice(experiment: Experiment, counts: dict[Queue, int]) -> str | None:
     if experiment.status != "queued" or counts.get(experiment.queue, 0) > 0:
         return None
     return (

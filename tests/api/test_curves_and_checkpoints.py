@@ -135,14 +135,28 @@ def test_no_checkpoint_yet_is_404(client: TestClient, session: Session) -> None:
     assert response.json()["detail"] == f"experiment {experiment.id} has no bn checkpoint yet"
 
 
-def test_a_checkpoint_whose_file_is_gone_is_404(
+def test_a_checkpoint_whose_file_is_gone_is_409_as_on_predict(
     client: TestClient, session: Session, tmp_path: Path
 ) -> None:
+    # The checkpoint is recorded, so the URL is right: what is wrong is the server's file.
     experiment = add_experiment(session, status="succeeded")
     add_checkpoints(session, experiment, tmp_path / "checkpoints")["bn"].unlink()
     response = client.get(f"/experiments/{experiment.id}/checkpoints/bn")
-    assert response.status_code == 404
-    assert "file is gone" in response.json()["detail"]
+    assert response.status_code == 409
+    assert "missing on disk" in response.json()["detail"]
+
+
+def test_a_checkpoint_changed_on_disk_is_not_downloaded(
+    client: TestClient, session: Session, tmp_path: Path
+) -> None:
+    experiment = add_experiment(session, status="succeeded")
+    path = add_checkpoints(session, experiment, tmp_path / "checkpoints")["bn"]
+    tampered = bytearray(path.read_bytes())
+    tampered[-1] ^= 0xFF
+    path.write_bytes(bytes(tampered))
+    response = client.get(f"/experiments/{experiment.id}/checkpoints/bn")
+    assert response.status_code == 409
+    assert "changed on disk" in response.json()["detail"]
 
 
 def test_checkpoint_variant_must_be_plain_or_bn(client: TestClient, session: Session) -> None:

@@ -3,7 +3,10 @@ recalibration, each answer checked against the engine, and every bad request a 4
 (tests/service/test_study.py runs them on a trained experiment, end to end.)"""
 
 import math
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from bnlab.api.main import create_app
+from bnlab.api.routes import study
+from bnlab.api.study.sources import BUSY_RETRY_SECONDS
 from bnlab.models.checkpoint import load_net, save_net
 from bnlab.models.data import Split, load_splits
 from bnlab.settings import Settings
@@ -151,6 +156,57 @@ def test_without_the_dataset_the_demo_is_503_naming_what_is_missing(
         response = client.post(f"/experiments/{trained.id}/collapse")
     assert response.status_code == 503
     assert "train-images-idx3-ubyte" in response.json()["detail"]
+
+
+# --- the compute slots ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["collapse", "batch-size-effect", "recalibrate"])
+def test_with_every_slot_taken_a_demo_is_503_with_retry_after(
+    client: TestClient, trained: Experiment, path: str
+) -> None:
+    slots = client.app.state.study_slots  # type: ignore[attr-defined]
+    with ExitStack() as taken:
+        for _ in range(slots.size):
+            taken.enter_context(slots.held())
+        method = client.get if path == "batch-size-effect" else client.post
+        response = method(f"/experiments/{trained.id}/{path}")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == str(BUSY_RETRY_SECONDS)
+    detail = response.json()["detail"]
+    assert "already running as many study computations" in detail
+    assert f"BNLAB_STUDY_SLOTS allows ({slots.size}): retry in" in detail
+
+
+def test_a_demo_while_another_runs_in_the_one_slot_is_503_and_runs_once_it_is_free(
+    settings: Settings,
+    idx_data_dir: Path,
+    trained: Experiment,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started, release = threading.Event(), threading.Event()
+    one_at_a_time = study.one_at_a_time
+
+    def held_until_released(*args: Any) -> Any:
+        started.set()
+        release.wait(timeout=30)
+        return one_at_a_time(*args)
+
+    monkeypatch.setattr(study, "one_at_a_time", held_until_released)
+    one_slot = settings.model_dump() | {"data_dir": idx_data_dir, "study_slots": 1}
+    with TestClient(create_app(Settings(**one_slot))) as client, ThreadPoolExecutor(1) as pool:
+        try:
+            first = pool.submit(client.post, f"/experiments/{trained.id}/collapse")
+            assert started.wait(timeout=30)
+            busy = client.get(f"/experiments/{trained.id}/batch-size-effect")
+        finally:
+            release.set()
+        assert first.result(timeout=60).status_code == 200
+        after = client.get(f"/experiments/{trained.id}/batch-size-effect")
+    assert busy.status_code == 503
+    assert busy.headers["Retry-After"] == str(BUSY_RETRY_SECONDS)
+    assert "BNLAB_STUDY_SLOTS allows (1)" in busy.json()["detail"]
+    assert after.status_code == 200
 
 
 # --- the batch-size effect --------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """/experiments: submit, list, read, follow (curve), cancel, and download checkpoints."""
 
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response
@@ -8,9 +7,10 @@ from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from bnlab.api import idempotency, plotting, submit
-from bnlab.api.content import JSON_ONLY, NOT_JSON
+from bnlab.api.content import JSON_ONLY, NOT_JSON, Responses
 from bnlab.api.deps import BrokerDep, ExperimentDep, SessionDep, SettingsDep
 from bnlab.api.idempotency import IdempotencyKey
+from bnlab.api.presenters import experiment_out
 from bnlab.api.schemas import (
     MAX_ID,
     Curve,
@@ -18,21 +18,18 @@ from bnlab.api.schemas import (
     ExperimentPage,
     Message,
     Series,
-    Status,
-    Variant,
 )
+from bnlab.api.serving import verified_file
 from bnlab.api.workers import notices
 from bnlab.api.writes import WRITE_SLOT
-from bnlab.models.checkpoint import sha256_of
-from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
 from bnlab.store import queries
-from bnlab.store.queries import TERMINAL
 from bnlab.store.tables import Experiment
+from bnlab.vocabulary import TERMINAL, Status, Variant
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
-NOT_FOUND = {404: {"model": Message, "description": "No experiment with that id."}}
+NOT_FOUND: Responses = {404: {"model": Message, "description": "No experiment with that id."}}
 
 
 @router.post(
@@ -63,7 +60,7 @@ def create_experiment(
         body=spec,
         what="experiment",
     )
-    return _present(experiment, session, settings)
+    return experiment_out(experiment, session, settings)
 
 
 @router.get("")
@@ -86,7 +83,7 @@ def get_experiment(
     experiment: ExperimentDep, session: SessionDep, settings: SettingsDep
 ) -> ExperimentOut:
     """Status, progress, results, and what to do if it waits on a missing worker."""
-    return _present(experiment, session, settings)
+    return experiment_out(experiment, session, settings)
 
 
 @router.get("/{experiment_id}/curve", responses=NOT_FOUND)
@@ -128,7 +125,7 @@ def cancel_experiment(
     session.refresh(experiment)
     if not cancelled:  # it finished between our read and the update
         raise _not_cancellable(experiment)
-    return _present(experiment, session, settings)
+    return experiment_out(experiment, session, settings)
 
 
 def _not_cancellable(experiment: Experiment) -> HTTPException:
@@ -145,7 +142,10 @@ def _not_cancellable(experiment: Experiment) -> HTTPException:
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "A safetensors file."},
         404: {"model": Message, "description": "No such experiment, or no checkpoint yet."},
-        409: {"model": Message, "description": "The file changed since it was written."},
+        409: {
+            "model": Message,
+            "description": "The file is missing, unreadable or changed since it was written.",
+        },
     },
 )
 def download_checkpoint(
@@ -155,18 +155,7 @@ def download_checkpoint(
     checkpoint = queries.latest_checkpoint(session, experiment.id, variant)
     if checkpoint is None:
         raise HTTPException(404, f"experiment {experiment.id} has no {variant} checkpoint yet")
-    path = Path(checkpoint.path)
-    if not path.is_file():
-        raise HTTPException(
-            404,
-            f"experiment {experiment.id}'s {variant} checkpoint is recorded but its file is gone",
-        )
-    if sha256_of(path) != checkpoint.sha256:
-        raise HTTPException(
-            409,
-            f"experiment {experiment.id}'s {variant} checkpoint changed on disk since it was "
-            "written (sha256 mismatch); it is not served",
-        )
+    path = verified_file(checkpoint, experiment.id, variant)
     return FileResponse(
         path,
         media_type="application/octet-stream",
@@ -174,11 +163,6 @@ def download_checkpoint(
     )
 
 
-def _present(experiment: Experiment, session: Session, settings: Settings) -> ExperimentOut:
-    notice = notices(session, settings, [experiment])[experiment.id]
-    return ExperimentOut.from_row(experiment, notice)
-
-
 def _series(session: Session, experiment_id: int) -> dict[Variant, Series]:
     points = queries.curve(session, experiment_id)
-    return {variant: Series.from_points(p) for variant, p in points.items()}  # type: ignore[misc]
+    return {variant: Series.from_points(p) for variant, p in points.items()}

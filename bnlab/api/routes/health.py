@@ -29,4 +29,4 @@ def health(
     if database != "ok" or broker_state != "ok":
         response.status_code = 503
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    return Health(database=database, broker=broker_state, workers=workers)  # type: ignore[arg-type]
+    return Health(database=database, broker=broker_state, workers=workers)

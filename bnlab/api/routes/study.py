@@ -8,7 +8,8 @@
 - POST /experiments/{id}/recalibrate: BN's population statistics measured over the training
   split, kept as a new checkpoint version.
 
-The work is torch on CPU: plain `def` routes, so it runs in the threadpool, not on the loop.
+The work is torch on CPU: plain `def` routes, so it runs in the threadpool, not on the loop,
+and at most BNLAB_STUDY_SLOTS demos at once (bnlab/api/study/sources.py); one more is a 503.
 """
 
 from pathlib import Path
@@ -19,8 +20,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bnlab.api.deps import ExperimentDep, SessionDep, SettingsDep, served_nets
-from bnlab.api.schemas import MAX_ID, Message, Variant
+from bnlab.api.content import Responses
+from bnlab.api.deps import ExperimentDep, SessionDep, SettingsDep, served_nets, study_slots
+from bnlab.api.schemas import MAX_ID, Message
 from bnlab.api.serving import open_checkpoint
 from bnlab.api.study import plots
 from bnlab.api.study.schemas import (
@@ -33,14 +35,15 @@ from bnlab.api.study.schemas import (
     RecalibrationOut,
     WholeTestSet,
 )
-from bnlab.api.study.sources import StudyNet, one_torch_thread, require_bn_of_succeeded
+from bnlab.api.study.sources import StudyNet, require_bn_of_succeeded
 from bnlab.models.checkpoint import save_net
 from bnlab.models.collapse import batch_size_effect, batch_sizes, one_at_a_time
-from bnlab.models.inference import Mode, accuracy
+from bnlab.models.inference import accuracy
 from bnlab.models.probes import DEAD, PROBE_SIZE
 from bnlab.models.recalibration import recalibrate
 from bnlab.store import queries
 from bnlab.store.tables import Experiment, LayerStat
+from bnlab.vocabulary import Mode, Variant
 
 router = APIRouter(prefix="/experiments", tags=["study"])
 
@@ -56,13 +59,19 @@ VersionQuery = Annotated[
     int | None,
     Query(ge=1, le=MAX_ID, description="Checkpoint version (see /recalibrate); default latest."),
 ]
-NOT_FOUND = {404: {"model": Message, "description": "No such experiment or checkpoint version."}}
-DEMO_ERRORS = {
+NOT_FOUND: Responses = {
+    404: {"model": Message, "description": "No such experiment or checkpoint version."}
+}
+DEMO_ERRORS: Responses = {
     **NOT_FOUND,
     409: {"model": Message, "description": "Not succeeded, or the plain variant (no BN)."},
-    503: {"model": Message, "description": "The API cannot read the experiment's dataset."},
+    503: {
+        "model": Message,
+        "description": "The API cannot read the experiment's dataset, or every study slot is "
+        "taken (then with `Retry-After`).",
+    },
 }
-PNG = {200: {"content": {"image/png": {}}, "description": "The plot."}}
+PNG: Responses = {200: {"content": {"image/png": {}}, "description": "The plot."}}
 
 
 async def study_net(
@@ -72,7 +81,8 @@ async def study_net(
     variant: VariantQuery = "bn",
     version: VersionQuery = None,
 ) -> StudyNet:
-    return StudyNet(experiment, variant, version, served_nets(request), settings)
+    nets, slots = served_nets(request), study_slots(request)
+    return StudyNet(experiment, variant, version, nets, settings, slots)
 
 
 StudyNetDep = Annotated[StudyNet, Depends(study_net)]
@@ -91,12 +101,12 @@ def collapse(
     beta, so every image gets the same class; the whole test set in large batches shows batch
     statistics doing almost as well as population ones: the collapse is about batch size."""
     loaded = net.served("the collapse demo")
-    test = net.splits().test
-    if n > len(test):
-        raise HTTPException(422, f"n is {n}, but the test set has only {len(test)} images")
-    stack, labels = loaded.net.stack, test.labels[:n]
-    answers = {}
-    with one_torch_thread():
+    with net.computing():
+        test = net.splits().test
+        if n > len(test):
+            raise HTTPException(422, f"n is {n}, but the test set has only {len(test)} images")
+        stack, labels = loaded.net.stack, test.labels[:n]
+        answers = {}
         for mode in COLLAPSE_MODES:
             predictions = one_at_a_time(stack, test.images[:n], mode)[0]
             correct = (predictions == labels).double().mean().item()
@@ -140,9 +150,9 @@ def get_batch_size_effect_png(net: StudyNetDep) -> Response:
 
 def _batch_size_effect(net: StudyNet) -> BatchSizeEffectOut:
     loaded = net.served("the batch-size effect")
-    test = net.splits().test
-    sizes = batch_sizes(len(test))
-    with one_torch_thread():
+    with net.computing():
+        test = net.splits().test
+        sizes = batch_sizes(len(test))
         effect = batch_size_effect(loaded.net.stack, test, sizes)
         [population] = accuracy(loaded.net.stack, test, "population")
     return BatchSizeEffectOut(
@@ -185,7 +195,7 @@ def _activations(experiment: Experiment, session: Session) -> ActivationsOut:
         activation=activation,
         probe_images=min(PROBE_SIZE, experiment.spec.get("validation_size", 5000)),
         dead_means=DEAD[activation].means if activation in DEAD else "",
-        variants={variant: _layer_series(stats) for variant, stats in rows.items()},  # type: ignore[misc]
+        variants={variant: _layer_series(stats) for variant, stats in rows.items()},
     )
 
 
@@ -220,9 +230,9 @@ def recalibrate_bn(net: StudyNetDep, session: SessionDep) -> RecalibrationOut:
     if checkpoint is None:
         which = f"version {version}" if version else "checkpoint yet"
         raise HTTPException(404, f"experiment {experiment.id} has no {variant} {which}")
-    stack, meta = open_checkpoint(checkpoint, experiment.id, variant, net.settings)
-    splits = net.splits()
-    with one_torch_thread():
+    with net.computing():
+        stack, meta = open_checkpoint(checkpoint, experiment.id, variant, net.settings)
+        splits = net.splits()
         recalibrated = recalibrate(stack, splits.train, RECALIBRATION_BATCH)
         [before] = accuracy(stack, splits.test, "population")
         [after] = accuracy(recalibrated, splits.test, "population")

@@ -1,38 +1,28 @@
 """/sweeps: submit a grid of experiments (or the classic study), follow it, cancel it, and read
 its report as JSON, CSV or Markdown, and its curves as one PNG."""
 
-from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from sqlalchemy.orm import Session
 
 from bnlab.api import idempotency
-from bnlab.api.content import JSON_ONLY, NOT_JSON
+from bnlab.api.content import JSON_ONLY, NOT_JSON, Responses
 from bnlab.api.deps import BrokerDep, SessionDep, SettingsDep, SweepDep
 from bnlab.api.idempotency import IdempotencyKey
-from bnlab.api.schemas import MAX_ID, Message, Progress
+from bnlab.api.presenters import overall_status, sweep_out, sweep_out_by_id, sweep_progress
+from bnlab.api.schemas import MAX_ID, Message
+from bnlab.api.submit import submit_sweep
 from bnlab.api.sweeps import plots, report
-from bnlab.api.sweeps.schemas import (
-    SweepCell,
-    SweepOut,
-    SweepPage,
-    SweepProgress,
-    SweepReport,
-    SweepSummary,
-)
-from bnlab.api.sweeps.submit import submit_sweep
-from bnlab.api.workers import notices
+from bnlab.api.sweeps.schemas import SweepOut, SweepPage, SweepReport, SweepSummary
 from bnlab.api.writes import WRITE_SLOT
-from bnlab.settings import Settings
 from bnlab.store import queries
-from bnlab.store.queries import TERMINAL
-from bnlab.store.tables import Experiment, Sweep
+from bnlab.store.tables import Sweep
 from bnlab.sweeps import SweepRejected, SweepRequest, expand, varying_fields
+from bnlab.vocabulary import TERMINAL
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
-NOT_FOUND = {404: {"model": Message, "description": "No sweep with that id."}}
+NOT_FOUND: Responses = {404: {"model": Message, "description": "No sweep with that id."}}
 DEFAULT_TOLERANCE = 0.01
 ReportFormat = Literal["json", "csv", "md"]
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "md": "text/markdown; charset=utf-8"}
@@ -73,7 +63,7 @@ def create_sweep(
         body=body,
         what="sweep",
     )
-    return _present(session, settings, sweep.id)
+    return sweep_out_by_id(session, settings, sweep.id)
 
 
 @router.get("")
@@ -88,11 +78,11 @@ def list_sweeps(
         SweepSummary(
             id=sweep.id,
             url=f"/sweeps/{sweep.id}",
-            status=overall_status([cell.status for cell in sweep.experiments]),  # type: ignore[arg-type]
+            status=overall_status([cell.status for cell in sweep.experiments]),
             created_at=sweep.created_at,
             cells=len(sweep.experiments),
-            counts=report.status_counts(sweep.experiments),  # type: ignore[arg-type]
-            progress=progress_of(sweep.experiments),
+            counts=report.status_counts(sweep.experiments),
+            progress=sweep_progress(sweep.experiments),
         )
         for sweep in sweeps
     ]
@@ -102,7 +92,7 @@ def list_sweeps(
 @router.get("/{sweep_id}", responses=NOT_FOUND)
 def read_sweep(sweep: SweepDep, session: SessionDep, settings: SettingsDep) -> SweepOut:
     """Every cell's status and progress, and the sweep's overall progress."""
-    return present(sweep, session, settings)
+    return sweep_out(sweep, session, settings)
 
 
 @router.post(
@@ -121,7 +111,7 @@ def cancel_sweep(sweep: SweepDep, session: SessionDep, settings: SettingsDep) ->
     for experiment_id in unfinished:
         queries.cancel_experiment(session, experiment_id)
     session.commit()
-    return _present(session, settings, sweep.id)
+    return sweep_out_by_id(session, settings, sweep.id)
 
 
 @router.get(
@@ -185,59 +175,3 @@ def get_report_png(sweep: SweepDep, session: SessionDep) -> Response:
     varying = varying_fields([cell.spec for cell in cells])
     png = plots.sweep_png(cells, queries.sweep_curves(session, sweep.id), varying)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
-
-
-def _present(session: Session, settings: Settings, sweep_id: int) -> SweepOut:
-    session.expire_all()  # read the cells as they are now, not as this session last saw them
-    sweep = queries.get_sweep(session, sweep_id)
-    assert sweep is not None
-    return present(sweep, session, settings)
-
-
-def present(sweep: Sweep, session: Session, settings: Settings) -> SweepOut:
-    cells = list(sweep.experiments)
-    varying = varying_fields([cell.spec for cell in cells])
-    notice_of = notices(session, settings, cells)
-    return SweepOut(
-        id=sweep.id,
-        status=overall_status([cell.status for cell in cells]),
-        spec=sweep.spec,
-        created_at=sweep.created_at,
-        cancel_requested=sweep.cancel_requested,
-        varying=varying,
-        counts=report.status_counts(cells),  # type: ignore[arg-type]
-        progress=progress_of(cells),
-        cells=[
-            SweepCell(
-                id=cell.id,
-                url=f"/experiments/{cell.id}",
-                status=cell.status,  # type: ignore[arg-type]
-                values={name: cell.spec.get(name) for name in varying},
-                progress=Progress(
-                    step=cell.progress_step,
-                    total=cell.progress_total,
-                    steps_per_second=cell.steps_per_second,
-                    eta_seconds=cell.eta_seconds,
-                ),
-                error=cell.error,
-            )
-            for cell in cells
-        ],
-        notice=next((n for n in notice_of.values() if n), None),
-    )
-
-
-def progress_of(cells: Sequence[Experiment]) -> SweepProgress:
-    done = sum(cell.progress_step for cell in cells)
-    total = sum(cell.progress_total for cell in cells)
-    return SweepProgress(
-        steps_done=done, steps_total=total, fraction=done / total if total else 1.0
-    )
-
-
-def overall_status(statuses: list[str]) -> str:
-    if any(status not in TERMINAL for status in statuses):
-        return "queued" if all(status == "queued" for status in statuses) else "running"
-    if all(status == "succeeded" for status in statuses):
-        return "succeeded"
-    return "failed" if "failed" in statuses else "cancelled"

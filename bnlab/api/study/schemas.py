@@ -2,7 +2,7 @@
 
 from pydantic import BaseModel, Field
 
-from bnlab.api.schemas import Variant
+from bnlab.vocabulary import Variant
 
 
 class NetAnswers(BaseModel):

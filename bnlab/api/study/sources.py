@@ -1,30 +1,63 @@
-"""The nets, data and CPU the study's demos run on, or a 4xx/503 that says why not."""
+"""The nets, data and CPU the study's demos run on, or a domain error that says why not.
 
+The demos (collapse, batch-size effect, recalibration) are torch in a request thread: a pass
+over the test set, or over the whole training split. They take at most `study_slots` of them at
+once (BNLAB_STUDY_SLOTS); one more is refused with a 503 and Retry-After, not queued: a waiting
+request would hold a threadpool thread, and its client, for as long as every demo ahead of it
+took. Cheap, bounded and said plainly, instead of a job on the worker that the API would follow:
+a demo's answer takes seconds on the study's small nets, about what a job's round trip would.
+"""
+
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from fastapi import HTTPException
 
-from bnlab.api.schemas import Variant
+from bnlab.api.domain_errors import Busy, Conflict, Unavailable
 from bnlab.api.serving import LoadedNet, ServedNets
 from bnlab.models.data import DataUnavailable, Splits, load_splits
 from bnlab.settings import Settings
 from bnlab.store.tables import Experiment
+from bnlab.vocabulary import Variant
+
+# What a 503 for a full pool asks a client to wait: a demo on the study's net takes seconds.
+BUSY_RETRY_SECONDS = 5
+
+
+class ComputeSlots:
+    """At most `size` study computations at once in this process; one more is refused."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = threading.BoundedSemaphore(size)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """A slot for the block, or `Busy` at once if every one is taken."""
+        if not self._free.acquire(blocking=False):
+            raise Busy(
+                "the API is already running as many study computations (collapse, batch-size "
+                f"effect, recalibration) as BNLAB_STUDY_SLOTS allows ({self.size}): retry in "
+                f"{BUSY_RETRY_SECONDS} seconds",
+                retry_after=BUSY_RETRY_SECONDS,
+            )
+        try:
+            yield
+        finally:
+            self._free.release()
 
 
 def require_bn_of_succeeded(experiment: Experiment, variant: str, what: str) -> None:
-    """409 unless `what` can run: a bn net, of an experiment that has succeeded."""
+    """A `Conflict` unless `what` can run: a bn net, of an experiment that has succeeded."""
     if variant != "bn":
-        raise HTTPException(
-            409,
+        raise Conflict(
             f"{what} needs BN, and the {variant} net has none (its population and batch modes "
             "are the same net): use variant=bn",
         )
     if experiment.status != "succeeded":
-        raise HTTPException(
-            409,
+        raise Conflict(
             f"experiment {experiment.id} is {experiment.status}: {what} needs a succeeded "
             "experiment's trained net",
         )
@@ -33,18 +66,26 @@ def require_bn_of_succeeded(experiment: Experiment, variant: str, what: str) -> 
 @dataclass(frozen=True)
 class StudyNet:
     """The trained net a study route asks about: an experiment's variant at a checkpoint version
-    (None: the latest), with the app's served nets and settings to reach it and its data."""
+    (None: the latest), with the app's served nets, settings and compute slots to reach it, its
+    data and the CPU."""
 
     experiment: Experiment
     variant: Variant
     version: int | None
     nets: ServedNets
     settings: Settings
+    slots: ComputeSlots
 
     def served(self, what: str) -> LoadedNet:
         """The net, from /predict's cache; a 409 unless `what` can run on it."""
         require_bn_of_succeeded(self.experiment, self.variant, what)
         return self.nets.loaded(self.experiment.id, self.variant, self.version)
+
+    @contextmanager
+    def computing(self) -> Iterator[None]:
+        """A compute slot held and torch on one thread, for a demo's data and torch work."""
+        with self.slots.held(), one_torch_thread():
+            yield
 
     def splits(self) -> Splits:
         """The experiment's dataset, split as its worker split it."""
@@ -58,7 +99,7 @@ class StudyNet:
             )
         except (DataUnavailable, ValueError) as error:  # ValueError: data too small for the split
             message = f"the API cannot read experiment {self.experiment.id}'s data: {error}"
-            raise HTTPException(503, message) from None
+            raise Unavailable(message) from None
 
 
 @contextmanager

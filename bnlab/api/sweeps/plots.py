@@ -14,6 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from bnlab.api.plotting import COLORS, LABELS
 from bnlab.store.tables import CurvePoint, Experiment
+from bnlab.vocabulary import Variant
 
 PANEL_INCHES = (2.8, 2.1)
 DPI = 80
@@ -31,7 +32,7 @@ FIELD_NAMES = {
 
 def sweep_png(
     cells: Sequence[Experiment],
-    curves: dict[int, dict[str, list[CurvePoint]]],
+    curves: dict[int, dict[Variant, list[CurvePoint]]],
     varying: list[str],
 ) -> bytes:
     columns = max(1, math.ceil(math.sqrt(len(cells))))
