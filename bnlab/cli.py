@@ -73,8 +73,9 @@ def worker(
     # Now, not only when Celery sets up logging: its start-up warnings are log lines too.
     logs.configure(get_settings().log_format)
     _yield_cpu_to_api(get_settings().worker_nice)
-    from bnlab.worker.app import celery_app
+    from bnlab.worker.app import worker_app
 
+    celery_app = worker_app(get_settings())
     pool = (
         ["--pool", "solo"] if queue is Queue.gpu else ["--pool", "prefork", "-c", str(concurrency)]
     )
@@ -122,7 +123,7 @@ def up() -> None:
         _stop_worker(worker_process)
 
 
-def _stop_worker(process: subprocess.Popen, grace_seconds: float = 30) -> None:
+def _stop_worker(process: subprocess.Popen[bytes], grace_seconds: float = 30) -> None:
     """SIGTERM: the worker's running job saves its state and hands its experiment back at its
     next sample point, then the worker exits. Past the grace period, kill its whole group; the
     experiment is then queued again by the next worker's reaper."""

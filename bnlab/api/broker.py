@@ -1,8 +1,8 @@
 """The API's side of the broker: queue a job, and say whether the broker answers.
 
-The API builds its own Celery app from its own `Settings` (via `make_celery`) rather than using
-`bnlab.worker.app.celery_app`, which is configured once from the environment at import: an app
-made by `create_app(settings)` must queue jobs on the broker those settings name.
+The API builds its own Celery app from its own `Settings` (the contract's `make_celery`): an app
+made by `create_app(settings)` must queue jobs on the broker those settings name. It imports
+nothing of the worker's.
 """
 
 import os
@@ -10,8 +10,9 @@ import os
 from celery import Celery
 
 from bnlab.api.redact import reason
+from bnlab.jobs import make_celery, send_training_job
 from bnlab.settings import Settings
-from bnlab.worker.app import RUN_EXPERIMENT, RUN_SWEEP_GROUP, make_celery
+from bnlab.vocabulary import Queue
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -21,15 +22,10 @@ class Broker:
         self._settings = settings
         self._celery: Celery = make_celery(settings)
 
-    def enqueue(self, experiment_id: int, queue: str) -> None:
-        """The message `bnlab.worker.app.enqueue_experiment` sends: only the id; the worker reads
-        the spec from SQL. Raises when the broker cannot take it."""
-        self._celery.send_task(RUN_EXPERIMENT, args=[experiment_id], queue=queue)
-
-    def enqueue_group(self, experiment_ids: list[int], queue: str) -> None:
-        """The message `bnlab.worker.app.enqueue_sweep_group` sends: cells of a sweep that
-        train as one batched model."""
-        self._celery.send_task(RUN_SWEEP_GROUP, args=[experiment_ids], queue=queue)
+    def enqueue(self, experiment_ids: list[int], queue: Queue) -> None:
+        """One job training these experiments as one group (a lone experiment: a group of
+        one). Raises when the broker cannot take it."""
+        send_training_job(self._celery, experiment_ids, queue)
 
     def check(self) -> str:
         """ "ok", or what is wrong, quickly: a health probe must not hang on a dead broker."""

@@ -1,46 +1,84 @@
-"""A new experiment: stored, then queued; never left queued without a message on the broker."""
+"""New experiments, alone or as the cells of a sweep: stored, then queued, a job per group of
+cells that train as one batched model (a lone experiment is a group of one); never left queued
+without a message on the broker.
+"""
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from fastapi import HTTPException
 from sqlalchemy.orm import Session
 
 from bnlab.api.broker import Broker
+from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
 from bnlab.store import queries
 from bnlab.store.tables import Experiment, Sweep, utc_now
+from bnlab.sweeps import SweepRequest, groups
 
 
 def submit_experiment(
     session: Session, broker: Broker, spec: ExperimentSpec, idempotency_key: str | None = None
 ) -> Experiment:
-    experiment = queries.create_experiment(
-        session,
-        spec.model_dump(),
-        queue=spec.device,
-        total_steps=spec.training_batches,
-        idempotency_key=idempotency_key,
-    )
-    # Committed before the message is sent: a fast worker must find the row it is told about.
-    session.commit()
-    try:
-        broker.enqueue(experiment.id, experiment.queue)
-    except Exception as error:  # whatever the broker raised, the job is not queued
-        cause = fail_unqueued(session, broker, error, experiment, [experiment])
-        raise HTTPException(
-            503,
-            f"experiment {experiment.id} was stored but could not be queued: the broker is "
-            f"unreachable ({cause}). It is marked failed; check GET /health, then submit it again",
-        ) from None
+    (experiment,) = submit(session, broker, [spec], [[0]], idempotency_key=idempotency_key)
     return experiment
 
 
-def fail_unqueued(
+def submit_sweep(
+    session: Session,
+    broker: Broker,
+    settings: Settings,
+    request: SweepRequest,
+    specs: Sequence[ExperimentSpec],
+    idempotency_key: str | None = None,
+) -> Sweep:
+    """The sweep and all its cells in one transaction, then a job per group."""
+    sweep = queries.create_sweep(session, request.model_dump(mode="json"), idempotency_key)
+    submit(session, broker, specs, groups(specs, request.stack, settings.max_stacked_cells), sweep)
+    return sweep
+
+
+def submit(
+    session: Session,
+    broker: Broker,
+    specs: Sequence[ExperimentSpec],
+    jobs: Sequence[Sequence[int]],
+    sweep: Sweep | None = None,
+    idempotency_key: str | None = None,
+) -> list[Experiment]:
+    """`specs` stored as queued experiments (the cells of `sweep`, or one experiment holding
+    `idempotency_key`) and committed, then a job queued per group of `jobs` (indices into
+    `specs`). When the broker refuses one, that group and those after it are marked failed,
+    saying why, and a 503 says so."""
+    experiments = [
+        queries.create_experiment(
+            session,
+            spec.model_dump(),
+            queue=spec.device,
+            total_steps=spec.training_batches,
+            idempotency_key=None if sweep else idempotency_key,
+            sweep_id=sweep.id if sweep else None,
+        )
+        for spec in specs
+    ]
+    # Committed before any message is sent: a fast worker must find the rows it is told about.
+    session.commit()
+    groups_of = [[experiments[index] for index in job] for job in jobs]
+    for number, group in enumerate(groups_of):
+        try:
+            broker.enqueue([experiment.id for experiment in group], group[0].queue)
+        except Exception as error:  # whatever the broker raised, these jobs are not queued
+            unqueued = [experiment for later in groups_of[number:] for experiment in later]
+            cause = _fail_unqueued(session, broker, error, sweep or experiments[0], unqueued)
+            raise HTTPException(503, _not_queued(sweep, unqueued, cause)) from None
+    return experiments
+
+
+def _fail_unqueued(
     session: Session,
     broker: Broker,
     error: Exception,
     made: Experiment | Sweep,
-    experiments: Iterable[Experiment],
+    experiments: Sequence[Experiment],
 ) -> str:
     """After the broker refused their messages (`error`): `experiments` marked failed, saying
     why, and committed. Returns the broker's cause, for the 503 that says so.
@@ -55,3 +93,16 @@ def fail_unqueued(
     made.idempotency_key = None
     session.commit()
     return cause
+
+
+def _not_queued(sweep: Sweep | None, unqueued: Sequence[Experiment], cause: str) -> str:
+    if sweep is None:
+        return (
+            f"experiment {unqueued[0].id} was stored but could not be queued: the broker is "
+            f"unreachable ({cause}). It is marked failed; check GET /health, then submit it again"
+        )
+    return (
+        f"sweep {sweep.id} was stored but {len(unqueued)} of its cells could not be queued: the "
+        f"broker is unreachable ({cause}). They are marked failed; check GET /health, then "
+        "submit the sweep again"
+    )

@@ -1,68 +1,126 @@
-"""The Celery app: one per process, configured from `Settings`, shared by API (to enqueue) and
-worker (to run). Importing it does not import torch; the tasks module does, in the worker only.
+"""The worker's Celery app, built where a worker starts (`bnlab worker`), never at import: the
+contract's app (bnlab/jobs.py) with the training task, the job logs and the worker's signals
+(SIGTERM told to running jobs, fresh database connections in pool processes, heartbeats and the
+reaper). The pool processes Celery forks inherit it.
 """
 
-from celery import Celery
+import logging
+import socket
+import threading
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
 
-from bnlab.settings import Settings, get_settings
-from bnlab.worker import job_logs
+from celery import Celery, Task
+from celery.exceptions import Reject
+from celery.signals import (
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
-RUN_EXPERIMENT = "bnlab.run_experiment"
-# Several cells of a sweep trained as one batched model (bnlab/worker/sweep_job.py).
-RUN_SWEEP_GROUP = "bnlab.run_sweep_group"
+from bnlab.jobs import TRAIN, Enqueue, make_celery, send_training_job
+from bnlab.settings import Settings
+from bnlab.store import queries
+from bnlab.store.db import make_engine, make_sessionmaker
+from bnlab.vocabulary import QUEUES, Queue
+from bnlab.worker import job_logs, shutdown
+from bnlab.worker.job import TrainingJob
+from bnlab.worker.reaper import Reaper
+
+log = logging.getLogger(__name__)
 
 
-def make_celery(settings: Settings) -> Celery:
-    app = Celery("bnlab", broker=settings.broker_url, include=["bnlab.worker.tasks"])
-    app.conf.update(
-        task_default_queue="cpu",
-        task_create_missing_queues=True,
-        # A job is acknowledged when it ends, so a worker that dies mid-job leaves it queued,
-        # and a worker takes one job at a time instead of hoarding the queue.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,  # results live in SQL
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
+def worker_app(settings: Settings) -> Celery:
+    """The app a worker runs, for `settings`. Call it once per worker process."""
+    app = make_celery(settings)
+    job_logs.install(TRAIN)
+
+    def send(experiment_ids: list[int], queue: Queue) -> None:
+        send_training_job(app, experiment_ids, queue)
+
+    def train(task: Task, experiment_ids: list[int]) -> None:
+        refuse_while_shutting_down()
+        TrainingJob(
+            experiment_ids,
+            settings,
+            # The node name (bnlab-cpu-<pid>@host): tells apart two workers on one host.
+            worker=str(task.request.hostname or socket.gethostname()),
+            shutting_down=shutdown.requested,
+            hand_back=send,
+        ).run()
+
+    app.task(name=TRAIN, bind=True)(train)
+    heartbeat = _Heartbeat(settings, send)
+    worker_shutting_down.connect(_tell_jobs, weak=False, dispatch_uid="bnlab-shutting-down")
+    worker_process_init.connect(
+        lambda **_: _fresh_connections(settings), weak=False, dispatch_uid="bnlab-pool-init"
     )
-    if settings.broker_url.startswith(("redis://", "rediss://")):
-        app.conf.broker_transport_options = redis_transport_options(settings)
-    if settings.broker_url == "filesystem://":
-        folder = settings.broker_dir
-        for sub in ("queue", "processed", "control"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        app.conf.broker_transport_options = {
-            "data_folder_in": str(folder / "queue"),
-            "data_folder_out": str(folder / "queue"),
-            "processed_folder": str(folder / "processed"),
-            "control_folder": str(folder / "control"),  # else kombu writes ./control
-            "store_processed": False,
-        }
+    worker_ready.connect(heartbeat.start, weak=False, dispatch_uid="bnlab-heartbeat")
+    worker_shutdown.connect(heartbeat.stop, weak=False, dispatch_uid="bnlab-heartbeat-stop")
     return app
 
 
-def redis_transport_options(settings: Settings) -> dict[str, float]:
-    """An unacknowledged job goes back to the queue after the visibility timeout; the sweep
-    that puts it back runs every few seconds, not kombu's default ~100 s, so a job whose
-    worker died is not left waiting long after its timeout."""
-    timeout = settings.broker_visibility_timeout
-    return {
-        "visibility_timeout": timeout,
-        "unacked_restore_interval": max(1.0, min(10.0, timeout / 2)),
-        "unacked_restore_throttle": 1,
-    }
+def refuse_while_shutting_down() -> None:
+    """A worker in its warm shutdown may still be handed a message (the file broker keeps
+    delivering until the worker stops consuming), even the one a job handed back a moment ago:
+    it goes back to the queue untouched, for the next worker."""
+    if shutdown.requested():
+        raise Reject("this worker is shutting down", requeue=True)
 
 
-celery_app = make_celery(get_settings())
-job_logs.install(RUN_EXPERIMENT)
+def _tell_jobs(**_: object) -> None:
+    # SIGTERM: the running job hands its experiments back at its next sample point, and
+    # Celery's warm shutdown, which waits for it, ends soon after.
+    shutdown.request()
 
 
-def enqueue_experiment(experiment_id: int, queue: str) -> None:
-    """Queue the job; it carries only the id, the spec is read from SQL."""
-    celery_app.send_task(RUN_EXPERIMENT, args=[experiment_id], queue=queue)
+def _fresh_connections(settings: Settings) -> None:
+    # A forked pool process must not share the parent's pooled database connections.
+    make_engine(settings.database_url).dispose(close=False)
 
 
-def enqueue_sweep_group(experiment_ids: list[int], queue: str) -> None:
-    """Queue cells of a sweep that train as one batched model: only their ids."""
-    celery_app.send_task(RUN_SWEEP_GROUP, args=[experiment_ids], queue=queue)
+class _Heartbeat:
+    """Workers heart-beat into SQL, whatever the broker: /health counts them per queue and the
+    API can tell a user that no worker serves the queue their experiment waits in. Beside each
+    beat, the reaper queues again the experiments whose worker died or whose message was lost.
+    """
+
+    def __init__(self, settings: Settings, send: Enqueue) -> None:
+        self.settings = settings
+        self.send = send
+        self.stopped = threading.Event()
+
+    def start(self, sender: Any, **_: object) -> None:
+        """`sender`: the worker's consumer, once it is ready."""
+        queues: Sequence[Any] = sender.task_consumer.queues
+        # The vocabulary's word for the queue this worker serves (ValueError for another).
+        queue = QUEUES[QUEUES.index(queues[0].name)]
+        hostname = str(getattr(sender, "hostname", socket.gethostname()))
+        slots = int(getattr(getattr(sender, "controller", None), "concurrency", 1) or 1)
+        reaper = Reaper(queue, slots, self.settings, self.send)
+        thread = threading.Thread(
+            target=self._loop, args=(hostname, queue, reaper), daemon=True, name="bnlab-heartbeat"
+        )
+        thread.start()
+
+    def stop(self, sender: Any, **_: object) -> None:
+        self.stopped.set()
+        with make_sessionmaker(self.settings.database_url)() as session:
+            queries.remove_worker(session, str(getattr(sender, "hostname", "")))
+            session.commit()
+
+    def _loop(self, hostname: str, queue: Queue, reaper: Reaper) -> None:
+        interval = timedelta(seconds=self.settings.worker_heartbeat_seconds).total_seconds()
+        sessions = make_sessionmaker(self.settings.database_url)
+        while True:
+            try:
+                with sessions() as session:
+                    queries.heartbeat(session, hostname, queue)
+                    session.commit()
+            except Exception:  # the database may be restarting; the next beat tries again
+                log.warning("worker heartbeat failed", exc_info=True)
+            reaper.tick(sessions)
+            if self.stopped.wait(interval):
+                return

@@ -1,33 +1,41 @@
-"""One experiment, run by a worker: claim it, train the pair, write what a user reads.
+"""A training job, run by a worker: a group of cells (experiments that can share one batch
+sequence, bnlab/sweeps.py `stack_key`) trained by one trainer, each cell written as the
+experiment it is. A lone experiment is a group of one, through the same code.
 
-SQL gets a write per sample point (curve points, layer statistics, progress) and at the end
-(results, checkpoints). The trainer's whole state is saved at every sample point too, so a job
-delivered again after its worker died resumes from there instead of starting over.
+Each cell has a `CellRecorder`: it claims the experiment and holds its lease
+(bnlab/store/leases.py), and makes every write a user reads: a write per sample point (curve
+points, layer statistics, progress) and at the end (results, checkpoints). Every write renews
+the lease in the same transaction and fails with `LeaseLost` when another worker took the
+experiment over: that cell then leaves the job, writing nothing more, and the others carry on.
+Writes are retried while the database is briefly unreachable (bnlab/store/retry.py).
 
-The job owns the experiment through a lease (bnlab/store/leases.py): every write renews it in
-the same transaction, and fails with `LeaseLost` when another worker took the experiment over;
-the job then stops without writing anything more. Writes are retried while the database is
-briefly unreachable (bnlab/store/retry.py). The job stops at the next sample point when a user
-cancels it, when it lost its lease, or when its worker shuts down (it then hands the experiment
-back to the queue, where the next worker resumes it).
+Each cell's training state is saved at every sample point in a file of its own, in a lone
+experiment's format, so a job delivered again after its worker died resumes from there instead
+of starting over, and so does a cell queued again on its own (the reaper queues experiments one
+by one): a group resumes when all its cells' files are at one step, else it starts over.
+
+At a sample point, a cell a user cancelled (or whose lease was taken) leaves the trainer; the
+job stops when none is left. When its worker shuts down, the job hands every cell back to the
+queue and queues the group again, where the next worker resumes it.
 """
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from bnlab.jobs import Enqueue
 from bnlab.models.checkpoint import load_state, save_net, save_state
 from bnlab.models.data import DataUnavailable, Splits, load_splits
 from bnlab.models.device import DeviceUnavailable, resolve_device
-from bnlab.models.inference import accuracy
-from bnlab.models.trainer import Sample, Trainer, paired_trainer
+from bnlab.models.trainer import Cell, CellSample, Sample, Trainer, TrainingState, build_trainer
 from bnlab.models.trainer import first_step_reaching as first_step
 from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
@@ -35,7 +43,9 @@ from bnlab.store import leases, queries
 from bnlab.store.db import make_sessionmaker
 from bnlab.store.leases import Lease, LeaseLost
 from bnlab.store.retry import in_transaction, is_transient
-from bnlab.store.tables import VARIANTS, utc_now
+from bnlab.store.tables import Experiment, utc_now
+from bnlab.sweeps import stack_key
+from bnlab.vocabulary import VARIANTS, Queue, Variant
 from bnlab.worker.layer_rows import layer_rows
 from bnlab.worker.lease import LeaseKeeper
 
@@ -46,69 +56,50 @@ EXPECTED_ERRORS = (DataUnavailable, DeviceUnavailable, ValueError)
 T = TypeVar("T")
 # A net's checkpoint as written: path, sha256, size in bytes.
 SavedNet = tuple[Path, str, int]
+# Steps per second since the last sample point, and the seconds left at that pace.
+Rates = tuple[float | None, float | None]
 
 
-class ExperimentJob:
+class CellRecorder:
+    """One cell of a training job, as the experiment a user reads: its lease, its row, curve,
+    layer statistics, results, checkpoints and state file. Made by `claim`."""
+
     def __init__(
         self,
-        experiment_id: int,
+        lease: Lease,
+        spec: ExperimentSpec,
+        queue: Queue,
         settings: Settings,
-        worker: str,
-        shutting_down: Callable[[], bool] = lambda: False,
-        hand_back: Callable[[int, str], None] | None = None,
+        sessions: sessionmaker[Session],
     ) -> None:
-        """`worker` names the worker in the experiment's row; `shutting_down` says its worker
-        is stopping; `hand_back(id, queue)` queues a message for a handed-back experiment."""
-        self.experiment_id = experiment_id
+        self.lease = lease
+        self.spec = spec
+        self.queue = queue
         self.settings = settings
-        self.worker = worker
-        self.shutting_down = shutting_down
-        self.hand_back = hand_back
-        self.sessions = make_sessionmaker(settings.database_url)
-        self.folder = settings.checkpoint_dir / f"experiment-{experiment_id}"
+        self.sessions = sessions
+        self.folder = settings.checkpoint_dir / f"experiment-{lease.experiment_id}"
         self.state_path = self.folder / "training-state.safetensors"
+        # Enter it for the length of the job: it renews the lease between sample points.
+        self.keeper = LeaseKeeper(sessions, lease, settings.worker_heartbeat_seconds)
 
-    def run(self) -> None:
-        claimed = self._claim()
-        if claimed is None:
-            return
-        self.lease, spec, queue = claimed
-        with LeaseKeeper(self.sessions, self.lease, self.settings.worker_heartbeat_seconds) as kept:
-            self.keeper = kept
-            try:
-                self._train(spec, queue)
-            except LeaseLost as lost:
-                log.warning("%s; this worker stops and writes nothing more", lost)
-            except EXPECTED_ERRORS as error:
-                self._fail(str(error))
-            except DBAPIError as error:
-                if not is_transient(error):
-                    raise
-                # Not the experiment's fault: its heartbeat stops, the reaper queues it again
-                # and a worker resumes it from its last sample point.
-                log.error("experiment %s: database unreachable for too long", self.experiment_id)
-            except Exception as error:
-                log.exception("experiment %s failed", self.experiment_id)
-                self._fail(f"internal error: {type(error).__name__}: {error}")
+    @classmethod
+    def claim(
+        cls, experiment_id: int, settings: Settings, worker: str, sessions: sessionmaker[Session]
+    ) -> "CellRecorder | None":
+        """The experiment's recorder, its lease taken by `worker`; None if this delivery is not
+        the one to run it (it is finished, or alive on another worker, or gone)."""
+        stale_before = utc_now() - timedelta(seconds=settings.lease_timeout)
 
-    def _claim(self) -> tuple[Lease, ExperimentSpec, str] | None:
-        """The lease, the spec and the queue; None if the job is not this delivery's to run."""
-        stale_before = utc_now() - timedelta(seconds=self.settings.lease_timeout)
-
-        def claim(session: Session) -> tuple[Lease, ExperimentSpec, str] | str:
+        def claim(session: Session) -> CellRecorder | str:
             lease = leases.claim(
-                session,
-                self.experiment_id,
-                self.worker,
-                stale_before,
-                self.settings.max_worker_losses,
+                session, experiment_id, worker, stale_before, settings.max_worker_losses
             )
-            experiment = queries.get_experiment(session, self.experiment_id)
+            experiment = queries.get_experiment(session, experiment_id)
             if experiment is None:
                 return "it does not exist (deleted?)"
             if lease is None:
-                status, worker = experiment.status, experiment.worker
-                return f"it is {status} (worker {worker}); this delivery is a duplicate"
+                status, worker_now = experiment.status, experiment.worker
+                return f"it is {status} (worker {worker_now}); this delivery is a duplicate"
             try:
                 spec = ExperimentSpec.model_validate(experiment.spec)
             except ValidationError as error:
@@ -116,137 +107,137 @@ class ExperimentJob:
                 experiment.status, experiment.finished_at = "failed", utc_now()
                 experiment.error = f"its stored spec is not valid for this bnlab: {error}"
                 return "its stored spec is not valid; it failed"
-            return lease, spec, experiment.queue
+            return cls(lease, spec, experiment.queue, settings, sessions)
 
-        claimed = in_transaction(self.sessions, claim, self.settings.database_retry_seconds)
+        claimed = in_transaction(sessions, claim, settings.database_retry_seconds)
         if isinstance(claimed, str):
-            log.info("experiment %s not taken: %s", self.experiment_id, claimed)
+            log.info("experiment %s not taken: %s", experiment_id, claimed)
             return None
-        log.info("experiment %s taken with lease %d", self.experiment_id, claimed[0].token)
+        log.info("experiment %s taken with lease %d", experiment_id, claimed.lease.token)
         return claimed
 
-    def _write(self, work: Callable[[Session], T]) -> T:
-        """`work` in one transaction that renews this job's lease first (or raises LeaseLost),
-        rerun while the database is unreachable."""
+    @property
+    def experiment_id(self) -> int:
+        return self.lease.experiment_id
 
-        def fenced(session: Session) -> T:
-            self.keeper.renewed(leases.hold(session, self.lease))
-            return work(session)
+    @property
+    def name(self) -> str:
+        """The cell's name in the trainer."""
+        return str(self.experiment_id)
 
-        return in_transaction(self.sessions, fenced, self.settings.database_retry_seconds)
+    @property
+    def lost(self) -> bool:
+        """Another worker took the experiment over: this one writes nothing more for it."""
+        return self.keeper.lost.is_set()
 
-    def _train(self, spec: ExperimentSpec, queue: str) -> None:
-        device = resolve_device("cuda" if spec.device == "gpu" else "cpu")
-        splits = load_splits(
-            spec.dataset, self.settings.data_dir, self.settings.download, spec.validation_size
-        )
-        trainer = paired_trainer(
-            spec.architecture(), spec.training(), splits, device, self.settings.bn_impl
-        )
-        if self.state_path.exists():
-            trainer.restore(*load_state(self.state_path))
-            self._write(lambda session: self._forget_after(session, trainer.step))
-            log.info("experiment %s resumes at step %d", self.experiment_id, trainer.step)
-        progress = _Progress(trainer.step)
+    @property
+    def leaving(self) -> bool:
+        """It leaves the trainer at this sample point: cancelled by a user, or lost."""
+        return self.lost or self.keeper.cancel_requested
 
-        def on_sample(sample: Sample) -> None:
-            rates = progress.update(sample.step, spec.training_batches)
-            self._write(lambda session: self._record_sample(session, sample, rates))
-            save_state(self.state_path, *trainer.state())
+    def saved_state(self) -> TrainingState | None:
+        """The training state of its last sample point, if a job saved one."""
+        return load_state(self.state_path) if self.state_path.exists() else None
 
-        if trainer.run(on_sample, self._should_stop) == "cancelled":
-            self._stop(queue)
-            return
-        self._finish(spec, trainer, splits)
+    def save_state(self, state: TrainingState) -> None:
+        save_state(self.state_path, *state)
 
-    def _should_stop(self) -> bool:
-        return self.keeper.lost.is_set() or self.keeper.cancel_requested or self.shutting_down()
+    def resume_at(self, step: int) -> None:
+        """A resumed job writes the points past its state's step again."""
 
-    def _stop(self, queue: str) -> None:
-        """The trainer stopped early: say why in the row (or, if the lease is gone, nowhere)."""
-        if self.keeper.lost.is_set():
-            raise self.lease.lost()
-        if self.keeper.cancel_requested:
-            self._write(self._cancelled)
-            self.state_path.unlink(missing_ok=True)  # never resumed: its curve is what stays
-            log.info("experiment %s cancelled", self.experiment_id)
-            return
-        # The worker is shutting down: the state file of the last sample point stays, and so
-        # does the curve; the next worker to take the experiment resumes it.
-        in_transaction(
-            self.sessions,
-            lambda session: leases.hand_back(session, self.lease),
-            self.settings.database_retry_seconds,
-        )
-        log.info("experiment %s handed back to the %s queue", self.experiment_id, queue)
-        if self.hand_back is not None:
-            try:
-                self.hand_back(self.experiment_id, queue)
-            except Exception:  # the broker is down: the reaper queues it once a worker is idle
-                log.warning("experiment %s: could not queue it again", self.experiment_id)
+        def forget(session: Session) -> None:
+            experiment = self._experiment(session)
+            queries.drop_curve_after(session, experiment, step)
+            experiment.progress_step = step
 
-    def _forget_after(self, session: Session, step: int) -> None:
-        """A resumed job writes the points past its state file's step again."""
-        experiment = queries.get_experiment(session, self.experiment_id)
-        assert experiment is not None  # the lease holds the row
-        queries.drop_curve_after(session, experiment, step)
-        experiment.progress_step = step
+        self._write(forget)
 
-    def _record_sample(
-        self, session: Session, sample: Sample, rates: tuple[float | None, float | None]
+    def record(self, step: int, sample: CellSample, rates: Rates) -> None:
+        """One sample point: curve points, layer statistics, divergences and progress."""
+
+        def write(session: Session) -> None:
+            experiment = self._experiment(session)
+            # Points at this step may be there already: a retried commit whose answer was lost.
+            queries.drop_curve_after(session, experiment, step - 1)
+            points = {
+                variant: (net.val_accuracy, net.train_loss) for variant, net in sample.nets.items()
+            }
+            queries.add_curve_points(session, experiment, step, points)
+            layers = {variant: layer_rows(net.layers) for variant, net in sample.nets.items()}
+            queries.add_layer_stats(session, experiment, step, layers)
+            for variant, diverged_at in sample.diverged_at.items():
+                queries.run_of(experiment, variant).diverged_at_step = diverged_at
+            experiment.progress_step = step
+            experiment.steps_per_second, experiment.eta_seconds = rates
+
+        self._write(write)
+
+    def cancel(self) -> None:
+        """A user cancelled it: marked so, out of the trainer, and never resumed (its curve is
+        what stays)."""
+
+        def cancelled(session: Session) -> None:
+            experiment = self._experiment(session)
+            experiment.status, experiment.finished_at = "cancelled", utc_now()
+
+        self._write(cancelled)
+        self.state_path.unlink(missing_ok=True)
+        log.info("experiment %s cancelled", self.experiment_id)
+
+    def hand_back(self) -> None:
+        """Its worker is shutting down: queued again, its curve and state file kept, for the
+        next worker to resume."""
+        self._write(lambda session: leases.hand_back(session, self.lease))
+        log.info("experiment %s handed back to the %s queue", self.experiment_id, self.queue)
+
+    def finish(
+        self, trainer: Trainer, test_accuracies: Mapping[Variant, tuple[float, float]]
     ) -> None:
-        experiment = queries.get_experiment(session, self.experiment_id)
-        assert experiment is not None
-        # Points at this step may be there already: a retried commit whose answer was lost.
-        queries.drop_curve_after(session, experiment, sample.step - 1)
-        points = {label: (net.val_accuracy, net.train_loss) for label, net in sample.nets.items()}
-        queries.add_curve_points(session, experiment, sample.step, points)
-        layers = {label: layer_rows(net.layers) for label, net in sample.nets.items()}
-        queries.add_layer_stats(session, experiment, sample.step, layers)
-        for label, step in sample.diverged_at.items():
-            queries.run_of(experiment, label).diverged_at_step = step
-        experiment.progress_step = sample.step
-        experiment.steps_per_second, experiment.eta_seconds = rates
-
-    def _cancelled(self, session: Session) -> None:
-        experiment = queries.get_experiment(session, self.experiment_id)
-        assert experiment is not None
-        experiment.status, experiment.finished_at = "cancelled", utc_now()
-
-    def _finish(self, spec: ExperimentSpec, trainer: Trainer, splits: Splits) -> None:
-        test_accuracies = self._test_accuracies(spec, trainer, splits)
+        """Trained to the end: checkpoints of both nets, results, `succeeded`.
+        `test_accuracies`: with population and with batch statistics, per net still training."""
         # A stale job must not even write the files: check the lease right before.
         self._write(lambda session: None)
-        saved = {variant: self._save_net(spec, trainer, variant) for variant in VARIANTS}
+        saved = {variant: self._save_net(trainer, variant) for variant in VARIANTS}
         self._write(
             lambda session: self._record_results(session, trainer.step, test_accuracies, saved)
         )
         self.state_path.unlink(missing_ok=True)
 
-    def _test_accuracies(
-        self, spec: ExperimentSpec, trainer: Trainer, splits: Splits
-    ) -> dict[str, tuple[float, float]]:
-        """Test accuracy with population and with batch statistics, per net still training."""
-        test = splits.test.to(trainer.lanes[0].stack.output_bias.device)
-        results = {}
-        for lane in trainer.lanes:
-            if not lane.active:  # every net of the lane diverged: it has none to test
-                continue
-            population = accuracy(lane.stack, test, "population")
-            batch = accuracy(lane.stack, test, "batch", batch_size=spec.batch_size)
-            for index, variant in enumerate(lane.active):
-                results[variant] = (population[index], batch[index])
-        return results
+    def fail(self, reason: str) -> None:
+        def failed(session: Session) -> None:
+            experiment = self._experiment(session)
+            experiment.status, experiment.error = "failed", reason
+            experiment.finished_at = utc_now()
+
+        self._write(failed)
+
+    def _write(self, work: Callable[[Session], T]) -> T:
+        """`work` in one transaction that renews the lease first (or raises LeaseLost),
+        rerun while the database is unreachable."""
+
+        def fenced(session: Session) -> T:
+            try:
+                self.keeper.renewed(leases.hold(session, self.lease))
+            except LeaseLost:
+                self.keeper.lost.set()
+                raise
+            return work(session)
+
+        return in_transaction(self.sessions, fenced, self.settings.database_retry_seconds)
+
+    def _experiment(self, session: Session) -> Experiment:
+        experiment = queries.get_experiment(session, self.experiment_id)
+        assert experiment is not None  # the lease holds the row
+        return experiment
 
     def _record_results(
         self,
         session: Session,
         step: int,
-        test_accuracies: dict[str, tuple[float, float]],
-        saved: dict[str, SavedNet],
+        test_accuracies: Mapping[Variant, tuple[float, float]],
+        saved: dict[Variant, SavedNet],
     ) -> None:
-        experiment = queries.get_experiment(session, self.experiment_id)
-        assert experiment is not None
+        experiment = self._experiment(session)
         curves = queries.curve(session, experiment.id)
         for variant, points in curves.items():
             run = queries.run_of(experiment, variant)
@@ -263,31 +254,154 @@ class ExperimentJob:
         experiment.status, experiment.finished_at = "succeeded", utc_now()
         experiment.eta_seconds = 0.0
 
-    def _save_net(self, spec: ExperimentSpec, trainer: Trainer, variant: str) -> SavedNet:
+    def _save_net(self, trainer: Trainer, variant: Variant) -> SavedNet:
         path = self.folder / f"{variant}.safetensors"
         sha256, size = save_net(
             path,
-            trainer.net_state(variant),
+            trainer.net_state(self.name, variant),
             variant=variant,
-            arch=spec.architecture(),
-            spec=spec.model_dump(),
+            arch=self.spec.architecture(),
+            spec=self.spec.model_dump(),
             step=trainer.step,
-            dataset=spec.dataset,
+            dataset=self.spec.dataset,
             experiment_id=self.experiment_id,
         )
         return path, sha256, size
 
-    def _fail(self, reason: str) -> None:
-        def failed(session: Session) -> None:
-            experiment = queries.get_experiment(session, self.experiment_id)
-            assert experiment is not None
-            experiment.status, experiment.error = "failed", reason
-            experiment.finished_at = utc_now()
 
+class TrainingJob:
+    def __init__(
+        self,
+        experiment_ids: list[int],
+        settings: Settings,
+        worker: str,
+        shutting_down: Callable[[], bool] = lambda: False,
+        hand_back: Enqueue | None = None,
+    ) -> None:
+        """`worker` names the worker in the experiments' rows; `shutting_down` says it is
+        stopping; `hand_back(ids, queue)` queues a job for experiments it handed back."""
+        self.experiment_ids = experiment_ids
+        self.settings = settings
+        self.worker = worker
+        self.shutting_down = shutting_down
+        self.hand_back = hand_back
+        self.cells: list[CellRecorder] = []  # those still in the job
+
+    def run(self) -> None:
+        sessions = make_sessionmaker(self.settings.database_url)
+        claimed = [
+            CellRecorder.claim(experiment_id, self.settings, self.worker, sessions)
+            for experiment_id in self.experiment_ids
+        ]
+        self.cells = [cell for cell in claimed if cell is not None]
+        if not self.cells:
+            return
+        with ExitStack() as keepers:
+            for cell in self.cells:
+                keepers.enter_context(cell.keeper)
+            try:
+                self._train()
+            except EXPECTED_ERRORS as error:
+                self._fail(str(error))
+            except DBAPIError as error:
+                if not is_transient(error):
+                    raise
+                # Not the experiments' fault: their heartbeats stop, the reaper queues them
+                # again and a worker resumes each from its last sample point.
+                log.error("experiments %s: database unreachable for too long", self._ids())
+            except Exception as error:
+                log.exception("experiments %s failed", self._ids())
+                self._fail(f"internal error: {type(error).__name__}: {error}")
+
+    def _ids(self) -> list[int]:
+        return [cell.experiment_id for cell in self.cells]
+
+    def _train(self) -> None:
+        spec = self.cells[0].spec
+        if len({stack_key(cell.spec) for cell in self.cells}) > 1:
+            raise ValueError(
+                "these experiments cannot train as one group: their specs differ in more than "
+                "the learning rate and the initial weights"
+            )
+        device = resolve_device("cuda" if spec.device == "gpu" else "cpu")
+        splits = load_splits(
+            spec.dataset, self.settings.data_dir, self.settings.download, spec.validation_size
+        )
+        cells = [Cell(cell.name, cell.spec.training()) for cell in self.cells]
+        trainer = build_trainer(spec.architecture(), cells, splits, device, self.settings.bn_impl)
+        if len(cells) > 1:
+            log.info("experiments %s train as one group", self._ids())
+        self._resume(trainer)
+        progress = _Progress(trainer.step)
+
+        def on_sample(sample: Sample) -> None:
+            rates = progress.update(sample.step, spec.training_batches)
+            self._each(lambda cell: self._record(cell, trainer, sample, rates))
+
+        if trainer.run(on_sample, lambda: self._should_stop(trainer)) == "cancelled":
+            self._hand_back()
+            return
+        self._finish(trainer, splits)
+
+    def _resume(self, trainer: Trainer) -> None:
+        """From the cells' state files, when every cell has one and all are at one sample point;
+        else from the start (a cell of the group resumed alone meanwhile, or the group died
+        while saving)."""
+        states = {cell.name: cell.saved_state() for cell in self.cells}
+        saved = {name: state for name, state in states.items() if state is not None}
+        if not trainer.restore(saved):
+            return
+        self._each(lambda cell: cell.resume_at(trainer.step))
+        log.info("experiments %s resume at step %d", self._ids(), trainer.step)
+
+    @staticmethod
+    def _record(cell: CellRecorder, trainer: Trainer, sample: Sample, rates: Rates) -> None:
+        cell.record(sample.step, sample.cells[cell.name], rates)
+        cell.save_state(trainer.state(cell.name))
+
+    def _should_stop(self, trainer: Trainer) -> bool:
+        """At a sample point: cells that were cancelled, or whose lease was taken, leave the
+        trainer; the job stops when none is left, or when the worker shuts down."""
+        leaving = [cell for cell in self.cells if cell.leaving]
+        if leaving:
+            self.cells = [cell for cell in self.cells if cell not in leaving]
+            if self.cells:  # with none left, the trainer just stops
+                trainer.drop(cell.name for cell in leaving)
+            self._each(CellRecorder.cancel, leaving)
+        return not self.cells or self.shutting_down()
+
+    def _hand_back(self) -> None:
+        """Stopped with cells left: the worker is shutting down. Each cell goes back to the
+        queue (its state file stays), and the group is queued again, to resume as one."""
+        self._each(CellRecorder.hand_back)
+        handed_back = [cell.experiment_id for cell in self.cells if not cell.lost]
+        if not handed_back or self.hand_back is None:
+            return
         try:
-            self._write(failed)
-        except LeaseLost as lost:
-            log.warning("%s; its failure (%s) is not recorded", lost, reason)
+            self.hand_back(handed_back, self.cells[0].queue)
+        except Exception:  # the broker is down: the reaper queues them once a worker is idle
+            log.warning("experiments %s: could not queue them again", handed_back)
+
+    def _finish(self, trainer: Trainer, splits: Splits) -> None:
+        """Every cell's nets tested at once, then each cell's results written."""
+        test_accuracies = trainer.test_accuracies(splits.test)
+        self._each(lambda cell: cell.finish(trainer, test_accuracies[cell.name]))
+
+    def _fail(self, reason: str) -> None:
+        self._each(lambda cell: cell.fail(reason))
+
+    def _each(
+        self, work: Callable[[CellRecorder], None], cells: Iterable[CellRecorder] | None = None
+    ) -> None:
+        """`work` for each cell (default: those still in the job) but the lost ones: a cell
+        whose lease was taken gets nothing more from this worker; the others carry on."""
+        for cell in list(self.cells if cells is None else cells):
+            if cell.lost:
+                continue
+            try:
+                work(cell)
+            except LeaseLost as lost:
+                log.warning("%s; this worker writes nothing more for it", lost)
 
 
 class _Progress:
@@ -296,7 +410,7 @@ class _Progress:
     def __init__(self, step: int) -> None:
         self.step, self.time = step, time.monotonic()
 
-    def update(self, step: int, total: int) -> tuple[float | None, float | None]:
+    def update(self, step: int, total: int) -> Rates:
         now = time.monotonic()
         if step == self.step or now == self.time:
             return None, None

@@ -1,5 +1,5 @@
 """The worker's logs: bnlab's format (BNLAB_LOG_FORMAT) instead of Celery's, and the experiment
-id on every line written about a job.
+id on every line written about a job of one experiment (a group's lines name their ids).
 
 - In the process that runs the job (a pool process, or the worker itself with the solo pool)
   the id is in the `bnlab.logs.experiment_id` context variable from task_prerun to
@@ -22,7 +22,7 @@ _tasks_with_experiment: set[str] = set()
 
 
 def install(task_name: str) -> None:
-    """Log the worker bnlab's way; `task_name`'s first argument is an experiment id."""
+    """Log the worker bnlab's way; `task_name`'s first argument is a list of experiment ids."""
     _tasks_with_experiment.add(task_name)
     setup_logging.connect(_configure, weak=False, dispatch_uid="bnlab-logs")
     task_prerun.connect(_job_starts, weak=False, dispatch_uid="bnlab-job-starts")
@@ -37,7 +37,7 @@ def _configure(loglevel: int | str | None = None, **_: Any) -> None:
 
 def _job_starts(task: Task, args: tuple[Any, ...] | None = None, **_: Any) -> None:
     if task.name in _tasks_with_experiment and args:
-        logs.experiment_id.set(int(args[0]))
+        logs.experiment_id.set(_lone_experiment(args[0]))
 
 
 def _job_ends(task: Task, **_: Any) -> None:
@@ -61,7 +61,13 @@ class ReceivedTaskFilter(logging.Filter):
 
 def _first_argument(argsrepr: object) -> int | None:
     try:
-        args = ast.literal_eval(str(argsrepr))  # Celery's repr of the arguments: "[3]" or "(3,)"
-        return int(args[0])
+        # Celery's repr of the arguments: "[[3]]" or "([3],)"
+        args = ast.literal_eval(str(argsrepr))
+        return _lone_experiment(args[0])
     except (ValueError, SyntaxError, TypeError, IndexError):
         return None
+
+
+def _lone_experiment(experiment_ids: Any) -> int | None:
+    """The id of a job's one experiment; None for a group of several."""
+    return int(experiment_ids[0]) if len(experiment_ids) == 1 else None

@@ -46,13 +46,15 @@ class LeaseKeeper:
         self.cancel_requested = self.cancel_requested or cancel_requested
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
+        # Until the job ends, or until the lease is found lost (by this thread or by the job).
+        while not self._stop.wait(self.interval) and not self.lost.is_set():
             try:
                 with self.sessions() as session:
                     cancel_requested = leases.hold(session, self.lease)
                     session.commit()
                 self.renewed(cancel_requested)
-            except LeaseLost:
+            except LeaseLost as lost:
+                log.warning("%s; this worker writes nothing more for it", lost)
                 self.lost.set()
                 return
             except SQLAlchemyError as error:  # the database may be restarting: beat again later

@@ -21,7 +21,6 @@ and live jobs need that long to beat again.
 
 import logging
 import time
-from collections.abc import Callable
 from datetime import timedelta
 
 from celery.worker import state
@@ -29,17 +28,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bnlab.jobs import Enqueue
 from bnlab.settings import Settings
 from bnlab.store import leases
-from bnlab.store.tables import QUEUES, utc_now
+from bnlab.store.tables import utc_now
+from bnlab.vocabulary import QUEUES, Queue
 
 log = logging.getLogger(__name__)
 
-Enqueue = Callable[[int, str], None]
-
 
 class Reaper:
-    def __init__(self, queue: str, slots: int, settings: Settings, enqueue: Enqueue) -> None:
+    def __init__(self, queue: Queue, slots: int, settings: Settings, enqueue: Enqueue) -> None:
         self.queue = queue
         self.slots = slots
         self.settings = settings
@@ -67,12 +66,12 @@ class Reaper:
             self.database_since = now
         for experiment_id, queue in requeued:
             try:
-                self.enqueue(experiment_id, queue)
+                self.enqueue([experiment_id], queue)  # a job of its own: resumes alone
             except Exception as error:  # the broker is down: the rule 2 retries later
                 log.warning("reaper: could not queue experiment %s (%s)", experiment_id, error)
 
-    def _requeue(self, session: Session, now: float) -> list[tuple[int, str]]:
-        requeued: list[tuple[int, str]] = []
+    def _requeue(self, session: Session, now: float) -> list[tuple[int, Queue]]:
+        requeued: list[tuple[int, Queue]] = []
         lease_timeout = self.settings.lease_timeout
         if self.database_since is not None and now - self.database_since >= lease_timeout:
             stale_before = utc_now() - timedelta(seconds=lease_timeout)

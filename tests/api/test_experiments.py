@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from bnlab.jobs import TRAIN
 from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.tables import Experiment, Worker, utc_now
-from bnlab.worker.app import RUN_EXPERIMENT
 from tests.api.conftest import add_experiment
 
 
@@ -60,7 +60,7 @@ def test_submit_stores_the_experiment_and_queues_its_id(
 
     (message,) = queued_messages(settings)
     assert message.name.endswith(".cpu.msg")
-    assert message_args(message) == (RUN_EXPERIMENT, [body["id"]])
+    assert message_args(message) == (TRAIN, [[body["id"]]])  # a group of one
 
 
 def test_a_gpu_experiment_goes_to_the_gpu_queue_and_says_when_no_worker_serves_it(

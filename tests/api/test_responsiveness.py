@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bnlab.api.writes import WRITE_SLOTS
+from bnlab.vocabulary import Queue
 
 BURST = 3 * WRITE_SLOTS
 
@@ -21,14 +22,14 @@ def test_a_burst_of_submissions_leaves_the_threads_to_reads(
     enqueue, inside, most = broker.enqueue, set(), [0]
     lock, release = threading.Lock(), threading.Event()
 
-    def slow_enqueue(experiment_id: int, queue: str) -> None:  # a broker slow to take jobs
+    def slow_enqueue(experiment_ids: list[int], queue: Queue) -> None:  # a broker slow to take jobs
         with lock:
-            inside.add(experiment_id)
+            inside.add(experiment_ids[0])
             most[0] = max(most[0], len(inside))
         release.wait(timeout=60)
         with lock:
-            inside.discard(experiment_id)
-        enqueue(experiment_id, queue)
+            inside.discard(experiment_ids[0])
+        enqueue(experiment_ids, queue)
 
     monkeypatch.setattr(broker, "enqueue", slow_enqueue)
     with ThreadPoolExecutor(BURST) as pool:

@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from bnlab.jobs import TRAIN
 from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.tables import CurvePoint, Experiment, Sweep, utc_now
-from bnlab.worker.app import RUN_EXPERIMENT, RUN_SWEEP_GROUP
 from tests.api.test_experiments import message_args, queued_messages
 
 SHORT = {"training_batches": 200, "batches_per_sample": 50}
@@ -89,7 +89,7 @@ def test_a_grid_becomes_queued_experiments_and_one_message_per_batched_group(
 
     # relu cells share a batched model, so do sigmoid ones: two jobs
     jobs = sorted(message_args(m) for m in queued_messages(settings))
-    assert jobs == [(RUN_SWEEP_GROUP, [ids[:2]]), (RUN_SWEEP_GROUP, [ids[2:]])]
+    assert jobs == [(TRAIN, [ids[:2]]), (TRAIN, [ids[2:]])]
 
 
 def test_the_classic_preset_is_the_studys_fifteen_cells(
@@ -112,17 +112,11 @@ def test_the_classic_preset_is_the_studys_fifteen_cells(
     }
     assert all(c["batches_per_sample"] == 50 for c in short)
     # 50,000-batch relu, 50,000-batch sigmoid, the 2,000-batch sigmoid pair: batched groups;
-    # the lone 2,000-batch relu cell: an ordinary experiment job
+    # the lone 2,000-batch relu cell: a group of one, as an ordinary experiment's job
     sizes = sorted(
-        (name, len(args[0]) if name == RUN_SWEEP_GROUP else 1)
-        for name, args in map(message_args, queued_messages(settings))
+        (name, len(args[0])) for name, args in map(message_args, queued_messages(settings))
     )
-    assert sizes == [
-        (RUN_EXPERIMENT, 1),
-        (RUN_SWEEP_GROUP, 2),
-        (RUN_SWEEP_GROUP, 6),
-        (RUN_SWEEP_GROUP, 6),
-    ]
+    assert sizes == [(TRAIN, 1), (TRAIN, 2), (TRAIN, 6), (TRAIN, 6)]
 
 
 def test_a_preset_crossed_with_seeds_and_a_base(client: TestClient) -> None:
@@ -139,7 +133,7 @@ def test_without_stacking_every_cell_is_its_own_experiment_job(
 ) -> None:
     body = post(client, {"grid": {"learning_rate": [0.01, 1.0]}, "base": SHORT, "stack": False})
     jobs = sorted(message_args(m) for m in queued_messages(settings))
-    assert jobs == [(RUN_EXPERIMENT, [cell["id"]]) for cell in body["cells"]]
+    assert jobs == [(TRAIN, [[cell["id"]]]) for cell in body["cells"]]
 
 
 def test_groups_are_split_at_the_stacked_cells_limit(
@@ -152,8 +146,8 @@ def test_groups_are_split_at_the_stacked_cells_limit(
     with TestClient(create_app(small)) as client:
         post(client, {"grid": {"learning_rate": [0.01, 0.1, 1.0]}, "base": SHORT})
     jobs = sorted(message_args(m) for m in queued_messages(small))
-    assert [name for name, _ in jobs] == [RUN_EXPERIMENT, RUN_SWEEP_GROUP]
-    assert len(jobs[1][1][0]) == 2  # 3 cells: a batched pair and a lone one
+    # 3 cells: a batched pair and a lone one
+    assert sorted(len(ids) for _, (ids,) in jobs) == [1, 2]
 
 
 BAD_SWEEPS = [

@@ -30,11 +30,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from torch import Tensor
 
+from bnlab.jobs import make_celery, send_training_job
 from bnlab.models.data import load_splits
 from bnlab.models.trainer import Cell, build_trainer
 from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
-from bnlab.worker.app import RUN_EXPERIMENT, make_celery
 from tests.service.conftest import Service, running_service, service_env
 
 # Small enough to run in seconds, long enough (31 sample points) to be hit mid-job.
@@ -275,9 +275,7 @@ def database_url(service: Service) -> str:
 
 def enqueue_again(service: Service, experiment_id: int) -> None:
     """What an operator re-enqueueing a job by hand does: one more message for it."""
-    make_celery(service_settings(service)).send_task(
-        RUN_EXPERIMENT, args=[experiment_id], queue="cpu"
-    )
+    send_training_job(make_celery(service_settings(service)), [experiment_id], "cpu")
 
 
 def experiment_row(service: Service, experiment_id: int) -> dict[str, Any]:

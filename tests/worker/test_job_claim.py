@@ -9,7 +9,7 @@ from bnlab.store import queries
 from bnlab.store.db import make_sessionmaker
 from bnlab.store.migrate import upgrade
 from bnlab.store.tables import Experiment
-from bnlab.worker.job import ExperimentJob
+from bnlab.worker.job import TrainingJob
 
 
 def stored(database_url: str, spec: dict) -> int:
@@ -33,7 +33,7 @@ def test_an_unreadable_stored_spec_fails_the_experiment_with_the_reason(
     experiment_id = stored(database_url, {"training_batches": "many"})
     settings = Settings(database_url=database_url, state_dir=tmp_path)
 
-    ExperimentJob(experiment_id, settings, worker="worker-a").run()
+    TrainingJob([experiment_id], settings, worker="worker-a").run()
 
     experiment = row(database_url, experiment_id)
     assert experiment.status == "failed"
@@ -52,7 +52,7 @@ def test_a_delivery_of_a_job_held_by_a_live_worker_changes_nothing(
         experiment.heartbeat_at = experiment.created_at
         session.commit()
 
-    ExperimentJob(experiment_id, settings, worker="worker-b").run()
+    TrainingJob([experiment_id], settings, worker="worker-b").run()
 
     experiment = row(database_url, experiment_id)
     assert (experiment.status, experiment.worker, experiment.lease_token) == (
