@@ -107,3 +107,10 @@ def add_checkpoints(session: Session, experiment: Experiment, folder: Path) -> d
         paths[variant] = path
     session.commit()
     return paths
+
+
+def tamper(path: Path) -> None:
+    """One byte of the file changed: its sha256 no longer matches the recorded one."""
+    tampered = bytearray(path.read_bytes())
+    tampered[-1] ^= 0xFF  # one weight's last byte
+    path.write_bytes(bytes(tampered))

@@ -3,6 +3,7 @@
 import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,7 +14,7 @@ from bnlab.api.plotting import curve_png, title
 from bnlab.api.schemas import Series
 from bnlab.store import queries
 from bnlab.store.tables import CurvePoint, Experiment
-from tests.api.conftest import add_checkpoints, add_experiment
+from tests.api.conftest import add_checkpoints, add_experiment, tamper
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -135,28 +136,23 @@ def test_no_checkpoint_yet_is_404(client: TestClient, session: Session) -> None:
     assert response.json()["detail"] == f"experiment {experiment.id} has no bn checkpoint yet"
 
 
-def test_a_checkpoint_whose_file_is_gone_is_409_as_on_predict(
-    client: TestClient, session: Session, tmp_path: Path
+@pytest.mark.parametrize(
+    ("fault", "said"), [(Path.unlink, "missing on disk"), (tamper, "changed on disk")]
+)
+def test_download_and_predict_refuse_a_damaged_checkpoint_alike(
+    client: TestClient, session: Session, tmp_path: Path, fault: Any, said: str
 ) -> None:
-    # The checkpoint is recorded, so the URL is right: what is wrong is the server's file.
+    # A 409 on both (it was a 404 on download): the checkpoint is recorded, so the URL is right;
+    # what is wrong is the server's file.
     experiment = add_experiment(session, status="succeeded")
-    add_checkpoints(session, experiment, tmp_path / "checkpoints")["bn"].unlink()
-    response = client.get(f"/experiments/{experiment.id}/checkpoints/bn")
-    assert response.status_code == 409
-    assert "missing on disk" in response.json()["detail"]
-
-
-def test_a_checkpoint_changed_on_disk_is_not_downloaded(
-    client: TestClient, session: Session, tmp_path: Path
-) -> None:
-    experiment = add_experiment(session, status="succeeded")
-    path = add_checkpoints(session, experiment, tmp_path / "checkpoints")["bn"]
-    tampered = bytearray(path.read_bytes())
-    tampered[-1] ^= 0xFF
-    path.write_bytes(bytes(tampered))
-    response = client.get(f"/experiments/{experiment.id}/checkpoints/bn")
-    assert response.status_code == 409
-    assert "changed on disk" in response.json()["detail"]
+    fault(add_checkpoints(session, experiment, tmp_path / "checkpoints")["bn"])
+    download = client.get(f"/experiments/{experiment.id}/checkpoints/bn")
+    predict = client.post(
+        "/predict", params={"experiment_id": experiment.id}, json={"pixels": [0.0] * 784}
+    )
+    assert download.status_code == predict.status_code == 409
+    assert download.json() == predict.json()
+    assert said in download.json()["detail"]
 
 
 def test_checkpoint_variant_must_be_plain_or_bn(client: TestClient, session: Session) -> None:

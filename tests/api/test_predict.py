@@ -28,7 +28,7 @@ from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.db import make_engine
 from bnlab.store.tables import Experiment
-from tests.api.conftest import add_checkpoints, add_experiment
+from tests.api.conftest import add_checkpoints, add_experiment, tamper
 
 
 def digit(kind: str) -> np.ndarray:
@@ -540,10 +540,7 @@ def test_a_checkpoint_changed_on_disk_is_not_served(
     client: TestClient, session: Session, tmp_path: Path
 ) -> None:
     experiment = add_experiment(session, status="succeeded")
-    paths = add_checkpoints(session, experiment, tmp_path / "checkpoints")
-    tampered = bytearray(paths["bn"].read_bytes())
-    tampered[-1] ^= 0xFF  # one weight's last byte
-    paths["bn"].write_bytes(bytes(tampered))
+    tamper(add_checkpoints(session, experiment, tmp_path / "checkpoints")["bn"])
 
     for _ in range(2):  # refused, and not cached as if it were fine
         response = predict(client, experiment.id, json={"pixels": pixels("1")})
