@@ -2,7 +2,7 @@
 collector (BNLAB_LOG_FORMAT=json), with the experiment id on every line written for a job.
 
 The id comes from `experiment_id`, a context variable the worker sets for the length of a job
-(bnlab/worker/tasks.py), or from a record's own `experiment_id` attribute (`extra=`).
+(bnlab/worker/job_logs.py), or from a record's own `experiment_id` attribute (`extra=`).
 """
 
 import json

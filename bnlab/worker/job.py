@@ -308,13 +308,15 @@ class TrainingJob:
                     raise
                 # Not the experiments' fault: their heartbeats stop, the reaper queues them
                 # again and a worker resumes each from its last sample point.
-                log.error("experiments %s: database unreachable for too long", self._ids())
+                log.error("%s: database unreachable for too long", self._called())
             except Exception as error:
-                log.exception("experiments %s failed", self._ids())
+                log.exception("%s failed", self._called())
                 self._fail(f"internal error: {type(error).__name__}: {error}")
 
-    def _ids(self) -> list[int]:
-        return [cell.experiment_id for cell in self.cells]
+    def _called(self) -> str:
+        """The job as log lines name it: its experiment, or its group of experiments."""
+        ids = [cell.experiment_id for cell in self.cells]
+        return f"experiment {ids[0]}" if len(ids) == 1 else f"group {ids}"
 
     def _train(self) -> None:
         spec = self.cells[0].spec
@@ -330,7 +332,7 @@ class TrainingJob:
         cells = [Cell(cell.name, cell.spec.training()) for cell in self.cells]
         trainer = build_trainer(spec.architecture(), cells, splits, device, self.settings.bn_impl)
         if len(cells) > 1:
-            log.info("experiments %s train as one group", self._ids())
+            log.info("%s: %d cells train as one batched model", self._called(), len(cells))
         self._resume(trainer)
         progress = _Progress(trainer.step)
 
@@ -352,7 +354,7 @@ class TrainingJob:
         if not trainer.restore(saved):
             return
         self._each(lambda cell: cell.resume_at(trainer.step))
-        log.info("experiments %s resume at step %d", self._ids(), trainer.step)
+        log.info("%s resumes at step %d", self._called(), trainer.step)
 
     @staticmethod
     def _record(cell: CellRecorder, trainer: Trainer, sample: Sample, rates: Rates) -> None:
@@ -380,7 +382,7 @@ class TrainingJob:
         try:
             self.hand_back(handed_back, self.cells[0].queue)
         except Exception:  # the broker is down: the reaper queues them once a worker is idle
-            log.warning("experiments %s: could not queue them again", handed_back)
+            log.warning("%s: could not queue it again", self._called())
 
     def _finish(self, trainer: Trainer, splits: Splits) -> None:
         """Every cell's nets tested at once, then each cell's results written."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bnlab.jobs import TRAIN
 from tests.service.conftest import Service, running_service, service_env
 
 pytestmark = pytest.mark.service
@@ -49,7 +50,7 @@ def test_every_worker_line_is_json_and_job_lines_carry_the_experiment_id(
         line
         for line in lines
         if line["logger"].startswith("bnlab.worker.job")
-        or "bnlab.run_experiment[" in line["message"]
+        or f"{TRAIN}[" in line["message"]
     ]
     for experiment_id in ids:
         own = [line for line in job_lines if line.get("experiment_id") == experiment_id]

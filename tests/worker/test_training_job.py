@@ -120,7 +120,7 @@ def test_a_lone_experiment_is_a_group_of_one(settings: Settings) -> None:
 
 
 def test_a_group_handed_back_resumes_to_the_weights_of_an_uninterrupted_run(
-    settings: Settings,
+    settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     uninterrupted = stored(settings, *CELLS)
     TrainingJob(uninterrupted, settings, worker="worker-a").run()
@@ -142,7 +142,10 @@ def test_a_group_handed_back_resumes_to_the_weights_of_an_uninterrupted_run(
         assert curve_steps(settings, experiment_id) == {"plain": STEPS[:3], "bn": STEPS[:3]}
         assert (folder(settings, experiment_id) / "training-state.safetensors").is_file()
 
-    TrainingJob(handed_back, settings, worker="worker-b").run()
+    with caplog.at_level(logging.INFO, logger="bnlab.worker.job"):
+        TrainingJob(handed_back, settings, worker="worker-b").run()
+
+    assert f"group {handed_back} resumes at step 40" in caplog.messages
 
     for before, after in zip(uninterrupted, handed_back, strict=True):
         assert row(settings, after).status == "succeeded"
@@ -167,8 +170,8 @@ def test_each_cell_of_a_group_resumes_on_its_own_from_its_state_file(
 
     resumed = [record.getMessage() for record in caplog.records if "resume" in record.msg]
     assert resumed == [
-        f"experiments [{first}] resume at step 40",
-        f"experiments [{second}] resume at step 40",
+        f"experiment {first} resumes at step 40",
+        f"experiment {second} resumes at step 40",
     ]
     for experiment_id in (first, second):
         assert row(settings, experiment_id).status == "succeeded"
