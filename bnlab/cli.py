@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -14,6 +13,7 @@ import typer
 from bnlab import logs
 from bnlab.commands import experiments, predictions, sweeps
 from bnlab.settings import get_settings
+from bnlab.vocabulary import Queue
 
 app = typer.Typer(help="bnlab: the batch-normalization study as a service.", no_args_is_help=True)
 # Commands that talk to a running API over HTTP (--url / BNLAB_URL).
@@ -23,11 +23,6 @@ app.command()(predictions.predict)
 app.command()(predictions.collapse)
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
-
-
-class Queue(StrEnum):
-    cpu = "cpu"
-    gpu = "gpu"
 
 
 @app.command()
@@ -43,6 +38,7 @@ def migrate() -> None:
 def api() -> None:
     """Serve the HTTP API (uvicorn) on BNLAB_HOST:BNLAB_PORT."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from bnlab.api.auth import access_notice
 
@@ -55,7 +51,7 @@ def api() -> None:
         host=settings.host,
         port=settings.port,
         # JSON: uvicorn's own lines go through bnlab's handler too, instead of its text config.
-        **({"log_config": None} if settings.log_format == "json" else {}),
+        log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
         # An event stream lasts as long as its experiment: on shutdown, cut it after a grace
         # period (its client reconnects with Last-Event-ID) rather than wait for the end.
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
@@ -64,9 +60,7 @@ def api() -> None:
 
 @app.command()
 def worker(
-    queue: Annotated[
-        Queue, typer.Option(help="The queue this worker takes jobs from.")
-    ] = Queue.cpu,
+    queue: Annotated[Queue, typer.Option(help="The queue this worker takes jobs from.")] = "cpu",
     concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once (cpu queue).")] = 1,
 ) -> None:
     """Run a Celery worker for one queue. GPU workers use the solo pool: no fork after CUDA."""
@@ -76,16 +70,12 @@ def worker(
     from bnlab.worker.app import worker_app
 
     celery_app = worker_app(get_settings())
-    pool = (
-        ["--pool", "solo"] if queue is Queue.gpu else ["--pool", "prefork", "-c", str(concurrency)]
-    )
+    pool = ["--pool", "solo"] if queue == "gpu" else ["--pool", "prefork", "-c", str(concurrency)]
     # A node name of its own, so several workers on one host are told apart.
-    name = f"bnlab-{queue.value}-{os.getpid()}@%h"
+    name = f"bnlab-{queue}-{os.getpid()}@%h"
     # JSON logs: no startup banner either (`celery --quiet`), so every line is a JSON object.
     quiet = ["--quiet"] if get_settings().log_format == "json" else []
-    celery_app.worker_main(
-        [*quiet, "worker", "-Q", queue.value, "-n", name, "--loglevel", "INFO", *pool]
-    )
+    celery_app.worker_main([*quiet, "worker", "-Q", queue, "-n", name, "--loglevel", "INFO", *pool])
 
 
 def _yield_cpu_to_api(niceness: int) -> None:

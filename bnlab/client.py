@@ -115,7 +115,8 @@ def _validation_problem(problem: Any) -> str:
 
 def parse_events(lines: Iterator[str]) -> Iterator[Event]:
     """Server-sent events from the lines of a text/event-stream (comments skipped)."""
-    name, event_id, data = "message", None, []
+    name, event_id = "message", None
+    data: list[str] = []
     for line in lines:
         if not line:
             if data:

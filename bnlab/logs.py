@@ -40,8 +40,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if getattr(record, "experiment_id", None) is not None:
-            line["experiment_id"] = record.experiment_id
+        experiment = getattr(record, "experiment_id", None)
+        if experiment is not None:
+            line["experiment_id"] = experiment
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         elif record.stack_info:

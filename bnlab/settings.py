@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_000_000
     # The study's demos (collapse, batch-size effect, recalibration) run torch in request
     # threads: at most this many at once per API process; one more is a 503 (bnlab/api/study).
-    study_slots: int = Field(2, ge=1)
+    study_slots: int = Field(default=2, ge=1)
     # When set, every route but /health, the docs and the dashboard's files needs
     # `Authorization: Bearer <api_token>` (bnlab/api/auth.py). Unset, the API is open to whoever
     # reaches it: the embedded default binds 127.0.0.1 only.
@@ -48,26 +48,26 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = 2.0
     # Workers train at this niceness (set once at start, inherited by pool processes), so the
     # API, at normal priority, gets a core whenever it wants one; idle CPU still goes to training.
-    worker_nice: int = Field(10, ge=0, le=19)
+    worker_nice: int = Field(default=10, ge=0, le=19)
     # Sweeps (bnlab/sweeps.py): the most cells one sweep may have, and the most cells trained as
     # one batched model by one worker (a bigger group is split, so more workers share it).
-    max_sweep_cells: int = Field(256, ge=1)
-    max_stacked_cells: int = Field(16, ge=1)
+    max_sweep_cells: int = Field(default=256, ge=1)
+    max_stacked_cells: int = Field(default=16, ge=1)
     # Recovery (bnlab/store/leases.py, bnlab/worker/reaper.py). A running experiment whose job
     # has not heart-beaten for `lease_timeout_seconds` (default 3 heartbeats + 5 s) is queued
     # again; a queued one that an idle worker has not seen for `requeue_after_seconds` gets a
     # new message (the old one was lost).
-    lease_timeout_seconds: float | None = Field(None, gt=0)
-    requeue_after_seconds: float = Field(30.0, gt=0)
+    lease_timeout_seconds: float | None = Field(default=None, gt=0)
+    requeue_after_seconds: float = Field(default=30.0, gt=0)
     # A job whose worker died (stopped heart-beating) this many times while running it fails
     # instead of being handed out again: it probably kills its worker (out of memory) every
     # time. A graceful hand-back (SIGTERM) does not count.
-    max_worker_losses: int = Field(3, ge=1)
+    max_worker_losses: int = Field(default=3, ge=1)
     # How long a worker retries a write while the database is unreachable.
-    database_retry_seconds: float = Field(60.0, ge=0)
+    database_retry_seconds: float = Field(default=60.0, ge=0)
     # Redis: a job not acknowledged after this long is delivered again (the lease keeps the
     # copy from running twice).
-    broker_visibility_timeout: float = Field(3600.0, gt=0)
+    broker_visibility_timeout: float = Field(default=3600.0, gt=0)
     # `json`: one JSON object per line (time, level, logger, message, experiment_id), API and worker
     log_format: Literal["text", "json"] = "text"
 

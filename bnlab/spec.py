@@ -1,19 +1,17 @@
 """What a user asks for: one experiment of the study. Validated by the API, read by the worker."""
 
-from typing import Literal, Self
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bnlab.models.network import ACTIVATIONS, Architecture
+from bnlab.models.network import Architecture
 from bnlab.models.trainer import TrainingSpec
+from bnlab.vocabulary import Activation, Dataset, Queue
 
 GOOD_WEIGHT_STD = 0.05
 BAD_WEIGHT_STD = 5.0
 # What the study's datasets hold: the validation split is cut from the 60,000 training images.
 TRAINING_IMAGES = 60_000
-
-Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu", "elu"]
-assert set(Activation.__args__) == set(ACTIVATIONS)
 
 
 class ExperimentSpec(BaseModel):
@@ -37,25 +35,33 @@ class ExperimentSpec(BaseModel):
         },
     )
 
-    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
+    dataset: Dataset = "mnist"
     activation: Activation = "relu"
-    learning_rate: float = Field(0.01, gt=0, le=100, description="Plain SGD step size.")
+    learning_rate: float = Field(default=0.01, gt=0, le=100, description="Plain SGD step size.")
     use_bad_weights: bool = Field(
-        False, description="The study's 'bad' initial weights: normal with std 5.0 (else 0.05)."
+        default=False,
+        description="The study's 'bad' initial weights: normal with std 5.0 (else 0.05).",
     )
     weight_std: float | None = Field(
-        None, gt=0, le=100, description="Any std for the normal initial weights instead."
+        default=None, gt=0, le=100, description="Any std for the normal initial weights instead."
     )
-    training_batches: int = Field(50_000, ge=1, le=1_000_000)
-    batches_per_sample: int = Field(500, ge=1, description="Validation accuracy sampled every N.")
-    batch_size: int = Field(60, ge=2, le=4096, description="BN cannot train on one example.")
-    hidden_layers: list[int] = Field([100, 100, 100], min_length=1, max_length=10)
+    training_batches: int = Field(default=50_000, ge=1, le=1_000_000)
+    batches_per_sample: int = Field(
+        default=500, ge=1, description="Validation accuracy sampled every N."
+    )
+    batch_size: int = Field(
+        default=60, ge=2, le=4096, description="BN cannot train on one example."
+    )
+    hidden_layers: list[int] = Field(default=[100, 100, 100], min_length=1, max_length=10)
     conv_channels: list[int] = Field(
-        [], max_length=3, description="Conv layers before the MLP head, e.g. [8, 16]; [] = MLP."
+        default=[],
+        max_length=3,
+        description="Conv layers before the MLP head, e.g. [8, 16]; [] = MLP.",
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    device: Literal["cpu", "gpu"] = "cpu"
-    validation_size: int = Field(5000, ge=100, le=TRAINING_IMAGES // 2)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    # The queue that trains it: cpu or gpu workers.
+    device: Queue = "cpu"
+    validation_size: int = Field(default=5000, ge=100, le=TRAINING_IMAGES // 2)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -7,9 +7,9 @@ is a dict lookup, a counter increment and one histogram observation: /predict is
 app's speed (bench/predict.py), so nothing heavier belongs on that path.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from time import perf_counter
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
@@ -21,13 +21,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bnlab.api.serving import ServedNets
 from bnlab.api.workers import live_worker_counts
-from bnlab.models.inference import MODES
 from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.db import make_sessionmaker
+from bnlab.vocabulary import MODES, Mode
 
 # No `*_created` series: a timestamp per label set that no dashboard here reads.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it bare
 
 # Requests that matched no route share one label: raw paths would grow the series without end.
 UNMATCHED = "unmatched"
@@ -81,7 +81,7 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def observe_prediction(self, mode: str, seconds: float) -> None:
+    def observe_prediction(self, mode: Mode, seconds: float) -> None:
         self._predict_by_mode[mode].observe(seconds)
 
 
@@ -170,7 +170,10 @@ class StoreCollector(Collector):
         yield speed
 
 
-def _gauge(name: str, documentation: str, label: str, values: dict[str, int]) -> Metric:
+Label = TypeVar("Label", bound=str)  # a status, a queue: the label's values
+
+
+def _gauge(name: str, documentation: str, label: str, values: Mapping[Label, int]) -> Metric:
     gauge = GaugeMetricFamily(name, documentation, labels=[label])
     for key, value in values.items():
         gauge.add_metric([key], value)

@@ -4,21 +4,12 @@
 """
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag
 
-from bnlab.models.inference import MODES, Mode
-from bnlab.store.tables import QUEUES, STATUSES, VARIANTS, CurvePoint, Experiment, Run
-
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Variant = Literal["plain", "bn"]
-Queue = Literal["cpu", "gpu"]
-# The schema's Literals must name exactly what the database allows.
-assert get_args(Status) == STATUSES
-assert get_args(Variant) == VARIANTS
-assert get_args(Queue) == QUEUES
-assert get_args(Mode) == MODES
+from bnlab.store.tables import CurvePoint, Experiment, Run
+from bnlab.vocabulary import VARIANTS, Mode, Queue, Status, Variant
 
 # Experiment ids are an INTEGER column (32 bits on PostgreSQL): a larger number in a URL is a
 # 422, not a database overflow error.
@@ -54,7 +45,7 @@ class RunResults(BaseModel):
     final_val_accuracy: float | None = None
     test_accuracy: float | None = None
     test_accuracy_batch_stats: float | None = Field(
-        None, description="Test accuracy with BN using each test batch's own statistics."
+        default=None, description="Test accuracy with BN using each test batch's own statistics."
     )
     steps_to_90: int | None = None
     steps_to_95: int | None = None
@@ -92,15 +83,15 @@ class ExperimentOut(BaseModel):
     notice: str | None = Field(
         description="Something a person should do, e.g. start a worker for the experiment's queue."
     )
-    sweep_id: int | None = Field(None, description="The sweep it is a cell of, if any.")
+    sweep_id: int | None = Field(default=None, description="The sweep it is a cell of, if any.")
 
     @classmethod
     def from_row(cls, experiment: Experiment, notice: str | None = None) -> "ExperimentOut":
         runs = {run.variant: run for run in experiment.runs}
         return cls(
             id=experiment.id,
-            status=experiment.status,  # type: ignore[arg-type]  # the CHECK constraint holds it
-            queue=experiment.queue,  # type: ignore[arg-type]
+            status=experiment.status,
+            queue=experiment.queue,
             spec=experiment.spec,
             created_at=experiment.created_at,
             started_at=experiment.started_at,
@@ -143,7 +134,7 @@ class Curve(BaseModel):
 Pixel = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
-def _digit_one() -> list[list[float]]:
+def _digit_one() -> list[JsonValue]:
     """A crude '1' for the docs' example: a vertical bar, white on black."""
     return [
         [1.0 if 12 <= column <= 15 and 4 <= row <= 23 else 0.0 for column in range(28)]
@@ -196,15 +187,15 @@ class PredictQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     experiment_id: int = Field(ge=1, le=MAX_ID, description="A succeeded experiment's id.")
-    variant: Variant = Field("bn", description="Which of the pair answers.")
+    variant: Variant = Field(default="bn", description="Which of the pair answers.")
     mode: Mode = Field(
-        "population",
+        default="population",
         description="BN's statistics: `population` (running statistics, as served models "
         "should), `batch` (those of the images sent; one image collapses every answer to the "
         "same class), `fused` (population, with BN folded into the weights).",
     )
     version: int | None = Field(
-        None,
+        default=None,
         ge=1,
         le=MAX_ID,
         description="The checkpoint version: 1 as trained, 2 and up made by "

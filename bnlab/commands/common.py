@@ -1,10 +1,13 @@
 """What every client command shares: the server options, JSON output, and one clear line (not a
-traceback) when the server is down or says no."""
+traceback) when the server is down or says no.
+
+Options with a fixed set of values (--activation, --status, --mode, ...) are typed with the
+`Literal`s of `bnlab.vocabulary` (torch-free, so a CLI call stays light): typer lists and checks
+their values, the same the API takes."""
 
 import functools
 import json
 from collections.abc import Callable
-from enum import StrEnum
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
@@ -26,49 +29,6 @@ Token = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead.")]
-
-# The same choices the API takes (tests/cli checks them against bnlab.spec and the schemas;
-# importing those here would load torch into every CLI call).
-
-
-class Activation(StrEnum):
-    relu = "relu"
-    sigmoid = "sigmoid"
-    tanh = "tanh"
-    leaky_relu = "leaky_relu"
-    elu = "elu"
-
-
-class Dataset(StrEnum):
-    mnist = "mnist"
-    fashion_mnist = "fashion-mnist"
-
-
-class Device(StrEnum):
-    cpu = "cpu"
-    gpu = "gpu"
-
-
-class Status(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
-class Variant(StrEnum):
-    plain = "plain"
-    bn = "bn"
-
-
-class Mode(StrEnum):
-    population = "population"
-    batch = "batch"
-    fused = "fused"
-
-
-TERMINAL = (Status.succeeded, Status.failed, Status.cancelled)
 
 console = Console()
 errors = Console(stderr=True)

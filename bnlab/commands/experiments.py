@@ -8,14 +8,9 @@ from rich.table import Table
 
 from bnlab.client import DEFAULT_URL, Client
 from bnlab.commands.common import (
-    Activation,
-    Dataset,
-    Device,
     Json,
-    Status,
     Token,
     Url,
-    Variant,
     connect,
     console,
     errors,
@@ -26,6 +21,7 @@ from bnlab.commands.common import (
     reports_errors,
 )
 from bnlab.commands.watch import updates, watch
+from bnlab.vocabulary import VARIANTS, Activation, Dataset, Queue, Status
 
 app = typer.Typer(help="Run and inspect paired experiments (plain vs bn).", no_args_is_help=True)
 
@@ -47,9 +43,9 @@ def _widths(text: str | None) -> list[int] | None:
 @app.command()
 @reports_errors
 def run(
-    activation: Annotated[Activation, typer.Option(help="The hidden layers' nonlinearity.")] = (
-        Activation.relu
-    ),
+    activation: Annotated[
+        Activation, typer.Option(help="The hidden layers' nonlinearity.")
+    ] = "relu",
     learning_rate: Annotated[float, typer.Option(help="Plain SGD step size.")] = 0.01,
     bad_weights: Annotated[
         bool, typer.Option("--bad-weights", help="The study's bad initial weights (std 5.0).")
@@ -57,7 +53,7 @@ def run(
     weight_std: Annotated[
         float | None, typer.Option(help="Any std for the initial weights instead.")
     ] = None,
-    dataset: Annotated[Dataset, typer.Option(help="What the nets learn.")] = Dataset.mnist,
+    dataset: Annotated[Dataset, typer.Option(help="What the nets learn.")] = "mnist",
     training_batches: Annotated[
         int | None, typer.Option(help="Training steps (server default: 50,000).")
     ] = None,
@@ -75,7 +71,7 @@ def run(
         int | None, typer.Option(help="Held-out training images (default: 5,000).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Initial weights and batch order.")] = None,
-    device: Annotated[Device, typer.Option(help="Which queue trains it.")] = Device.cpu,
+    device: Annotated[Queue, typer.Option(help="Which queue trains it.")] = "cpu",
     wait: Annotated[
         bool, typer.Option("--wait", help="Follow it live to the end, then show the results.")
     ] = False,
@@ -88,11 +84,11 @@ def run(
     With --wait, follow it live and exit non-zero unless it succeeds.
     """
     spec: dict[str, Any] = {
-        "activation": activation.value,
+        "activation": activation,
         "learning_rate": learning_rate,
         "use_bad_weights": bad_weights,
         "weight_std": weight_std,
-        "dataset": dataset.value,
+        "dataset": dataset,
         "training_batches": training_batches,
         "batches_per_sample": batches_per_sample,
         "batch_size": batch_size,
@@ -100,7 +96,7 @@ def run(
         "conv_channels": _widths(conv_channels),
         "validation_size": validation_size,
         "seed": seed,
-        "device": device.value,
+        "device": device,
     }
     # Options left out take the server's defaults (the study's).
     spec = {key: value for key, value in spec.items() if value is not None}
@@ -145,7 +141,7 @@ def _wait_quietly(client: Client, experiment_id: int) -> dict[str, Any]:
 
 
 def _exit_unless_succeeded(experiment: dict[str, Any]) -> None:
-    if experiment["status"] == Status.succeeded:
+    if experiment["status"] == "succeeded":
         return
     reason = f": {experiment['error']}" if experiment.get("error") else ""
     errors.print(
@@ -164,7 +160,7 @@ def list_experiments(
     json: Json = False,
 ) -> None:
     """Experiments, newest first."""
-    query = {"status": status and status.value, "limit": limit}
+    query = {"status": status, "limit": limit}
     print_answer(
         url, token, json, ask=lambda client: client.get("/experiments", **query), show=_show_page
     )
@@ -235,10 +231,10 @@ def _show_results(experiment: dict[str, Any], titled: bool = True) -> None:
         "diverged at",
         title=title,
     )
-    for variant in Variant:
-        results = experiment["results"][variant.value]
+    for variant in VARIANTS:
+        results = experiment["results"][variant]
         table.add_row(
-            variant.value,
+            variant,
             percent(results["final_val_accuracy"]),
             percent(results["test_accuracy"]),
             percent(results["test_accuracy_batch_stats"]),
@@ -312,7 +308,7 @@ def cancel(
 
 
 def _say_cancelled(experiment: dict[str, Any]) -> None:
-    if experiment["status"] == Status.cancelled:
+    if experiment["status"] == "cancelled":
         console.print(f"experiment {experiment['id']} cancelled")
     else:
         console.print(f"experiment {experiment['id']} stops at its next sample point")

@@ -10,20 +10,19 @@ from rich.table import Table
 from bnlab.client import DEFAULT_URL
 from bnlab.commands.common import (
     Json,
-    Mode,
     Token,
     Url,
-    Variant,
     console,
     percent,
     print_answer,
     reports_errors,
 )
+from bnlab.vocabulary import Mode, Variant
 
-MODE_WORDS = {
-    Mode.population: "population statistics",
-    Mode.batch: "the statistics of this one image",
-    Mode.fused: "population statistics folded into the weights",
+MODE_WORDS: dict[Mode, str] = {
+    "population": "population statistics",
+    "batch": "the statistics of this one image",
+    "fused": "population statistics folded into the weights",
 }
 
 
@@ -38,8 +37,8 @@ def predict(
     experiment: Annotated[
         int, typer.Option(min=1, help="A succeeded experiment's id.", show_default=False)
     ],
-    variant: Annotated[Variant, typer.Option(help="Which net of the pair answers.")] = Variant.bn,
-    mode: Annotated[Mode, typer.Option(help="BN's statistics.")] = Mode.population,
+    variant: Annotated[Variant, typer.Option(help="Which net of the pair answers.")] = "bn",
+    mode: Annotated[Mode, typer.Option(help="BN's statistics.")] = "population",
     url: Url = DEFAULT_URL,
     token: Token = None,
     json: Json = False,
@@ -52,7 +51,7 @@ def predict(
         json,
         ask=lambda client: client.post(
             "/predict",
-            params={"experiment_id": experiment, "variant": variant.value, "mode": mode.value},
+            params={"experiment_id": experiment, "variant": variant, "mode": mode},
             files={"image": (image.name, image.read_bytes(), content_type)},
         ),
         show=lambda answer: _show_prediction(answer, experiment, variant, mode),
@@ -63,7 +62,7 @@ def _show_prediction(answer: dict[str, Any], experiment: int, variant: Variant, 
     probabilities = answer["probabilities"]
     console.print(
         f"[bold]{answer['prediction']}[/bold] ({percent(probabilities[answer['prediction']])}) "
-        f"from the {variant.value} net of experiment {experiment}, "
+        f"from the {variant} net of experiment {experiment}, "
         + (MODE_WORDS[mode] if answer.get("mode_applies", True) else "which has no BN")
     )
     ranked = sorted(range(len(probabilities)), key=probabilities.__getitem__, reverse=True)

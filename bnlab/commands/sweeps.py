@@ -11,7 +11,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from bnlab.client import DEFAULT_URL, ApiError, Client, StreamBroken, follow
 from bnlab.commands.common import (
-    TERMINAL,
     Json,
     Token,
     Url,
@@ -21,6 +20,7 @@ from bnlab.commands.common import (
     print_json,
     reports_errors,
 )
+from bnlab.vocabulary import TERMINAL
 
 app = typer.Typer(help="Run a grid of experiments and read its report.", no_args_is_help=True)
 
@@ -170,7 +170,8 @@ def _follow(client: Client, sweep: dict[str, Any], show: bool) -> dict[str, Any]
         for state in _states(client, sweep["id"]):
             done = sum(cell.get("status") in TERMINAL for cell in state.values())
             bar.update(task, completed=done, total=len(state) or None)
-    return client.get(f"/sweeps/{sweep['id']}")
+    ended: dict[str, Any] = client.get(f"/sweeps/{sweep['id']}")
+    return ended
 
 
 def _states(client: Client, sweep_id: int) -> Iterator[dict[Any, dict[str, Any]]]:

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from bnlab.client import ApiError, Client, StreamBroken, follow
-from bnlab.commands.common import TERMINAL, Variant, number, percent
+from bnlab.commands.common import number, percent
+from bnlab.vocabulary import TERMINAL, VARIANTS, Variant
 
 POLL_SECONDS = 1.0
 
@@ -20,7 +21,7 @@ POLL_SECONDS = 1.0
 class Update:
     """What changed: a variant's latest point, the progress, or (at the end) the experiment."""
 
-    accuracy: dict[str, float] = field(default_factory=dict)
+    accuracy: dict[Variant, float] = field(default_factory=dict)
     progress: dict[str, Any] | None = None
     finished: dict[str, Any] | None = None
 
@@ -77,10 +78,8 @@ def watch(client: Client, experiment: dict[str, Any], console: Console) -> dict[
         console=console,
     )
     tasks = {
-        variant.value: bars.add_task(
-            variant.value, total=total, speed="", eta="-", accuracy="-", state=""
-        )
-        for variant in Variant
+        variant: bars.add_task(variant, total=total, speed="", eta="-", accuracy="-", state="")
+        for variant in VARIANTS
     }
     with bars:
         for update in updates(client, experiment["id"]):
@@ -94,7 +93,7 @@ def watch(client: Client, experiment: dict[str, Any], console: Console) -> dict[
     raise ApiError(f"experiment {experiment['id']}: the server stopped sending progress")
 
 
-def _show_progress(bars: Progress, tasks: dict[str, Any], progress: dict[str, Any]) -> None:
+def _show_progress(bars: Progress, tasks: dict[Variant, TaskID], progress: dict[str, Any]) -> None:
     rate = progress.get("steps_per_second")
     speed = f"{number(rate, 0)} steps/s" if rate else ""
     for task in tasks.values():
@@ -107,7 +106,7 @@ def _show_progress(bars: Progress, tasks: dict[str, Any], progress: dict[str, An
         )
 
 
-def _show_end(bars: Progress, tasks: dict[str, Any], experiment: dict[str, Any]) -> None:
+def _show_end(bars: Progress, tasks: dict[Variant, TaskID], experiment: dict[str, Any]) -> None:
     for variant, task in tasks.items():
         diverged = experiment["results"][variant]["diverged_at_step"]
         state = experiment["status"] if diverged is None else f"diverged at {diverged}"

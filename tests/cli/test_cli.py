@@ -7,11 +7,12 @@ import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import BaseModel
 from typer.testing import CliRunner, Result
 
 from bnlab.cli import app
@@ -219,18 +220,26 @@ def test_invalid_choices_are_refused_by_the_cli_listing_the_valid_ones() -> None
     assert mode.exit_code == 2 and "population" in mode.output and "batch" in mode.output
 
 
+def offered(*args: str) -> list[str]:
+    """The choices the CLI lists when it refuses the value of an option in `args`."""
+    result = bnlab(*args)
+    assert result.exit_code == 2, result.output
+    listed = re.search(r"is not one of (.+?)\.\s", result.output)
+    assert listed, result.output
+    return re.findall(r"'([^']*)'", listed.group(1))
+
+
 def test_the_clis_choices_are_the_apis() -> None:
-    from typing import get_args
+    from bnlab.api.schemas import ExperimentOut, PredictQuery
+    from bnlab.spec import ExperimentSpec
 
-    from bnlab.api import schemas
-    from bnlab.commands import common
-    from bnlab.models.inference import MODES
-    from bnlab.spec import Activation, ExperimentSpec
+    def api(model: type[BaseModel], field: str) -> list[str]:
+        return list(get_args(model.model_fields[field].annotation))
 
-    assert [a.value for a in common.Activation] == list(get_args(Activation))
-    assert [s.value for s in common.Status] == list(get_args(schemas.Status))
-    assert [v.value for v in common.Variant] == list(get_args(schemas.Variant))
-    assert [m.value for m in common.Mode] == list(MODES)
-    fields = ExperimentSpec.model_fields
-    assert [d.value for d in common.Dataset] == list(get_args(fields["dataset"].annotation))
-    assert [d.value for d in common.Device] == list(get_args(fields["device"].annotation))
+    run, predict = ("experiment", "run"), ("predict", __file__, "--experiment", "1")
+    assert offered(*run, "--activation", "x") == api(ExperimentSpec, "activation")
+    assert offered(*run, "--dataset", "x") == api(ExperimentSpec, "dataset")
+    assert offered(*run, "--device", "x") == api(ExperimentSpec, "device")
+    assert offered("experiment", "list", "--status", "x") == api(ExperimentOut, "status")
+    assert offered(*predict, "--variant", "x") == api(PredictQuery, "variant")
+    assert offered(*predict, "--mode", "x") == api(PredictQuery, "mode")

@@ -20,8 +20,9 @@ from jsonschema import Draft7Validator
 from sqlalchemy.engine import make_url
 
 from bnlab.api.auth import is_open
-from bnlab.cli import Queue, app
+from bnlab.cli import app
 from bnlab.settings import Settings
+from bnlab.vocabulary import Queue
 
 REPO_ROOT = Path(__file__).parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -97,7 +98,8 @@ def workers() -> list[str]:
 def queue_of(service_name: str) -> Queue:
     name, params = parse_bnlab_command(SERVICES[service_name]["command"])
     assert name == "worker"
-    return Queue(params["queue"])
+    queue: Queue = params["queue"]  # as the CLI parsed it: one of the vocabulary's queues
+    return queue
 
 
 def volume_mounts(service: dict[str, Any]) -> dict[str, str]:
@@ -275,13 +277,13 @@ def test_datasets_volume_is_mounted_at_the_data_dir(service_name: str) -> None:
 
 
 def test_cpu_worker_starts_by_default_on_the_cpu_queue() -> None:
-    assert queue_of("worker") is Queue.cpu
+    assert queue_of("worker") == "cpu"
     assert not SERVICES["worker"].get("profiles")
 
 
 def test_gpu_worker_takes_the_gpu_queue_with_an_nvidia_device() -> None:
     worker_gpu = SERVICES["worker-gpu"]
-    assert queue_of("worker-gpu") is Queue.gpu
+    assert queue_of("worker-gpu") == "gpu"
     assert worker_gpu.get("profiles") == ["gpu"]
     devices = worker_gpu["deploy"]["resources"]["reservations"]["devices"]
     assert any(

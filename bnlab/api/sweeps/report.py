@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from bnlab.api.sweeps.schemas import ReportRow, SweepReport, VariantSummary, Verdict
-from bnlab.store.queries import TERMINAL, run_of
-from bnlab.store.tables import STATUSES, Experiment, Run, Sweep
+from bnlab.store.queries import run_of
+from bnlab.store.tables import Experiment, Run, Sweep
 from bnlab.sweeps import varying_fields
+from bnlab.vocabulary import STATUSES, TERMINAL, VARIANTS, Status
 
-VARIANTS = ("plain", "bn")
 SUMMARY_FIELDS = tuple(VariantSummary.model_fields)
 
 
@@ -32,14 +32,14 @@ def build(sweep: Sweep, tolerance: float) -> SweepReport:
     return SweepReport(
         sweep_id=sweep.id,
         complete=all(e.status in TERMINAL for e in experiments),
-        counts=status_counts(experiments),  # type: ignore[arg-type]
+        counts=status_counts(experiments),
         columns=columns,
         tolerance=tolerance,
         rows=[_row(cells, columns, tolerance) for cells in rows.values()],
     )
 
 
-def status_counts(experiments: Sequence[Experiment]) -> dict[str, int]:
+def status_counts(experiments: Sequence[Experiment]) -> dict[Status, int]:
     counts = dict.fromkeys(STATUSES, 0)
     for experiment in experiments:
         counts[experiment.status] += 1
@@ -210,7 +210,7 @@ def _legend(tolerance: float, several: bool) -> str:
     )
 
 
-def _others(counts: dict[str, int]) -> str:
+def _others(counts: dict[Status, int]) -> str:
     others = [f"{n} {status}" for status, n in counts.items() if n and status != "succeeded"]
     return f" Others: {', '.join(others)}." if others else ""
 

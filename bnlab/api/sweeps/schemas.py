@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from bnlab.api.schemas import Progress, Status
+from bnlab.api.schemas import Progress
+from bnlab.vocabulary import Status
 
 Verdict = Literal["BN better", "same", "BN worse"]
 
@@ -71,24 +72,30 @@ class VariantSummary(BaseModel):
     that experiment's; with several, means, sample standard deviations and fractions."""
 
     final_val_accuracy: float | None = Field(
-        None, description="Mean over the seeds whose net did not diverge."
+        default=None, description="Mean over the seeds whose net did not diverge."
     )
-    final_val_accuracy_std: float | None = Field(None, description="Null with fewer than 2.")
+    final_val_accuracy_std: float | None = Field(
+        default=None, description="Null with fewer than 2."
+    )
     test_accuracy: float | None = Field(
-        None, description="Mean over the seeds whose net did not diverge."
+        default=None, description="Mean over the seeds whose net did not diverge."
     )
-    test_accuracy_std: float | None = Field(None, description="Null with fewer than 2.")
+    test_accuracy_std: float | None = Field(default=None, description="Null with fewer than 2.")
     steps_to_90: int | float | None = Field(
-        None, description="Steps to 0.90 validation accuracy: mean over the seeds that got there."
+        default=None,
+        description="Steps to 0.90 validation accuracy: mean over the seeds that got there.",
     )
-    steps_to_95: int | float | None = Field(None, description="The same for 0.95.")
+    steps_to_95: int | float | None = Field(default=None, description="The same for 0.95.")
     reached_90: float | None = Field(
-        None, description="Fraction of seeds whose net reached 0.90 validation accuracy."
+        default=None, description="Fraction of seeds whose net reached 0.90 validation accuracy."
     )
     diverged_at_step: int | None = Field(
-        None, description="The step its loss turned non-finite (the earliest over the seeds)."
+        default=None,
+        description="The step its loss turned non-finite (the earliest over the seeds).",
     )
-    diverged: float | None = Field(None, description="Fraction of seeds whose net diverged.")
+    diverged: float | None = Field(
+        default=None, description="Fraction of seeds whose net diverged."
+    )
 
 
 class ReportRow(BaseModel):
@@ -99,15 +106,16 @@ class ReportRow(BaseModel):
     plain: VariantSummary
     bn: VariantSummary
     test_accuracy_gain: float | None = Field(
-        None, description="bn's mean test accuracy minus plain's (a net that diverged has none)."
+        default=None,
+        description="bn's mean test accuracy minus plain's (a net that diverged has none).",
     )
     verdict: Verdict | None = Field(
-        None,
+        default=None,
         description="By test accuracy: `same` within the report's tolerance; a variant whose "
         "nets all diverged loses to one that trained. Null until a cell is done.",
     )
     speedup_90: float | None = Field(
-        None,
+        default=None,
         description="plain's steps to 0.90 divided by bn's; null unless both got there.",
     )
 
