@@ -58,9 +58,9 @@ async def _domain_error(_request: Request, error: domain_errors.DomainError) -> 
     headers = {}
     if isinstance(error, domain_errors.Busy):
         headers["Retry-After"] = str(error.retry_after)
-    return JSONResponse(
-        status_code=STATUS[type(error)], content={"detail": error.message}, headers=headers
-    )
+    # By the nearest listed class: a subclass (say, a broker that is down) answers as its kind.
+    status = next(STATUS[kind] for kind in type(error).__mro__ if kind in STATUS)
+    return JSONResponse(status_code=status, content={"detail": error.message}, headers=headers)
 
 
 async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
