@@ -314,8 +314,9 @@ class TrainingJob:
                 self._fail(f"internal error: {type(error).__name__}: {error}")
 
     def _called(self) -> str:
-        """The job as log lines name it: its experiment, or its group of experiments."""
-        ids = [cell.experiment_id for cell in self.cells]
+        """The job as log lines name it: its experiment, or its group of experiments (all it
+        was given, once every cell has left)."""
+        ids = [cell.experiment_id for cell in self.cells] or self.experiment_ids
         return f"experiment {ids[0]}" if len(ids) == 1 else f"group {ids}"
 
     def _train(self) -> None:
@@ -340,10 +341,10 @@ class TrainingJob:
             rates = progress.update(sample.step, spec.training_batches)
             self._each(lambda cell: self._record(cell, trainer, sample, rates))
 
-        if trainer.run(on_sample, lambda: self._should_stop(trainer)) == "cancelled":
+        if trainer.run(on_sample, lambda: self._should_stop(trainer)) == "finished":
+            self._finish(trainer, splits)
+        elif self.cells:  # stopped with cells left: the worker is shutting down
             self._hand_back()
-            return
-        self._finish(trainer, splits)
 
     def _resume(self, trainer: Trainer) -> None:
         """From the cells' state files, when every cell has one and all are at one sample point;
@@ -373,8 +374,8 @@ class TrainingJob:
         return not self.cells or self.shutting_down()
 
     def _hand_back(self) -> None:
-        """Stopped with cells left: the worker is shutting down. Each cell goes back to the
-        queue (its state file stays), and the group is queued again, to resume as one."""
+        """Each cell goes back to the queue (its state file stays), and the group is queued
+        again, to resume as one."""
         self._each(CellRecorder.hand_back)
         handed_back = [cell.experiment_id for cell in self.cells if not cell.lost]
         if not handed_back or self.hand_back is None:
