@@ -38,6 +38,7 @@ steps each weight's update is fused into the GEMM that computes its gradient.
 
 import threading
 import warnings
+from collections.abc import Callable, Sequence
 from functools import cache
 
 import torch
@@ -63,35 +64,45 @@ def applies(stack: NetStack) -> bool:
 
 
 class WrittenOutStep:
-    """`step(images, labels)` trains `stack` one batch in place and returns each net's loss."""
+    """`step(images, labels)` trains every net of `stack` one batch and returns each net's loss.
 
-    def __init__(self, stack: NetStack, learning_rates: Tensor) -> None:
+    Each net trains as a stack of one of its own (`singles`): its own tensors, stepped by the
+    same calls on the same shapes as a lone net's, so its numbers do not depend on the nets
+    beside it. `sync()` writes them back into `stack`."""
+
+    def __init__(self, stack: NetStack, learning_rates: Sequence[float]) -> None:
         self.stack = stack
-        self.weights = [w.detach() for w in stack.weights]
-        self.grads: list[Tensor] = []
-        for weight in stack.weights[:-1]:  # where probes read the gradients
-            weight.grad = torch.zeros_like(weight)
-            self.grads.append(weight.grad)
-        self.biases = [b.detach() for b in stack.biases]
-        norms = list(stack.norms)
+        self.rates = [float(rate) for rate in learning_rates]
+        device = stack.output_bias.device
+        self.singles = [
+            NetStack.from_net_states(stack.arch, stack.variant, [stack.net_state(i)], stack.bn_impl)
+            .to(device)
+            .train()
+            for i in range(stack.size)
+        ]
+        self.weights = [[w.detach()[0] for w in net.weights] for net in self.singles]
+        self.grads = [_zero_grads(net) for net in self.singles]
+        self.biases = [[b.detach().view(-1) for b in net.biases] for net in self.singles]
         self.bn = [
             [
-                n.gamma.detach().view(-1),
-                n.beta.detach().view(-1),
-                n.running_mean.view(-1),
-                n.running_var.view(-1),
+                [
+                    n.gamma.detach().view(-1),
+                    n.beta.detach().view(-1),
+                    n.running_mean.view(-1),
+                    n.running_var.view(-1),
+                    n.num_batches_tracked,
+                ]
+                for n in net.batch_norms
             ]
-            for n in norms
+            for net in self.singles
         ]
-        self.counters = [n.num_batches_tracked for n in norms]
-        self.output_bias = stack.output_bias.detach()
-        self.rates = learning_rates.view(1, -1, 1)
+        self.output_biases = [net.output_bias.detach().view(-1) for net in self.singles]
 
     def __call__(self, images: Tensor, labels: Tensor, keep_grads: bool) -> Tensor:
-        """One step; with `keep_grads`, the hidden layers' weight gradients are left in
-        ``weight.grad`` (the trainer asks at the last step before a sample point, where probes
-        read them); otherwise each update is fused into the GEMM that computes it."""
-        return _compiled()(
+        """One step; with `keep_grads`, the hidden layers' weight gradients are left in each
+        single's ``weight.grad`` (the trainer asks at the last step before a sample point, where
+        probes read them); otherwise each update is fused into the GEMM that computes it."""
+        losses: Tensor = _compiled()(
             to_inputs(images).flatten(1),
             labels,
             self.rates,
@@ -99,19 +110,33 @@ class WrittenOutStep:
             self.grads,
             self.biases,
             self.bn,
-            self.counters,
-            self.output_bias,
+            self.output_biases,
             self.stack.arch.activation,
             MOMENTUM,
             EPSILON,
             keep_grads,
         )
+        return losses
+
+    def sync(self) -> None:
+        """Write every single's tensors back into `stack` (at a sample point)."""
+        for index, net in enumerate(self.singles):
+            self.stack.load_net_state(index, net.net_state(0))
+
+
+def _zero_grads(net: NetStack) -> list[Tensor]:
+    """Zeroed ``weight.grad`` of the hidden layers (where probes read them), without net axis."""
+    grads = []
+    for weight in net.weights[:-1]:
+        weight.grad = torch.zeros_like(weight)
+        grads.append(weight.grad[0])
+    return grads
 
 
 _compiling = threading.Lock()
 
 
-def _compiled() -> torch.jit.ScriptFunction:
+def _compiled() -> Callable[..., Tensor]:
     """Compiled at the first training step (serving never needs it), once: a trainer's lanes,
     threads, all ask for it at that moment."""
     with _compiling:
@@ -119,7 +144,7 @@ def _compiled() -> torch.jit.ScriptFunction:
 
 
 @cache
-def _script() -> torch.jit.ScriptFunction:
+def _script() -> Callable[..., Tensor]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")
         return torch.jit.script(_step)
@@ -140,80 +165,97 @@ def _activation(y: Tensor, name: str) -> Tensor:
 def _activation_backward(grad: Tensor, y: Tensor, h: Tensor, name: str) -> Tensor:
     """∂L/∂y from ∂L/∂h, h = act(y); each from whichever of y and h torch's kernel wants."""
     if name == "relu":
-        return torch.ops.aten.threshold_backward(grad, h, 0.0)
-    if name == "sigmoid":
-        return torch.ops.aten.sigmoid_backward(grad, h)
-    if name == "tanh":
-        return torch.ops.aten.tanh_backward(grad, h)
-    if name == "leaky_relu":
-        return torch.ops.aten.leaky_relu_backward(grad, y, 0.01, False)
-    return torch.ops.aten.elu_backward(grad, 1.0, 1.0, 1.0, False, y)
-
-
-def _per_net(t: Tensor, nets: int) -> Tensor:
-    """(batch, net * feature) seen as (net, batch, feature), without a copy."""
-    return t.view(t.shape[0], nets, -1).transpose(0, 1)
-
-
-def _per_net_mm(a: Tensor, b: Tensor, nets: int) -> Tensor:
-    """Each net's a (batch, in) @ b (in, out): a laid out (batch, net * in), b (net, in, out),
-    the product written straight into the (batch, net * out) layout."""
-    out = torch.empty(a.shape[0], nets * b.shape[2], dtype=a.dtype, device=a.device)
-    torch.bmm(_per_net(a, nets), b, out=_per_net(out, nets))
-    return out
+        d_y: Tensor = torch.ops.aten.threshold_backward(grad, h, 0.0)
+    elif name == "sigmoid":
+        d_y = torch.ops.aten.sigmoid_backward(grad, h)
+    elif name == "tanh":
+        d_y = torch.ops.aten.tanh_backward(grad, h)
+    elif name == "leaky_relu":
+        d_y = torch.ops.aten.leaky_relu_backward(grad, y, 0.01, False)
+    else:
+        d_y = torch.ops.aten.elu_backward(grad, 1.0, 1.0, 1.0, False, y)
+    return d_y
 
 
 def _step(
     x: Tensor,
     labels: Tensor,
-    rates: Tensor,
+    rates: list[float],
+    weights: list[list[Tensor]],
+    grads: list[list[Tensor]],
+    biases: list[list[Tensor]],
+    bn: list[list[list[Tensor]]],
+    output_biases: list[Tensor],
+    activation: str,
+    momentum: float,
+    epsilon: float,
+    keep_grads: bool,
+) -> Tensor:
+    """Every net's step, one net after the other, each as a lone net's."""
+    losses: list[Tensor] = []
+    for net in range(len(weights)):
+        losses.append(
+            _net_step(
+                x,
+                labels,
+                rates[net],
+                weights[net],
+                grads[net],
+                biases[net],
+                bn[net],
+                output_biases[net],
+                activation,
+                momentum,
+                epsilon,
+                keep_grads,
+            )
+        )
+    return torch.stack(losses)
+
+
+def _net_step(
+    x: Tensor,
+    labels: Tensor,
+    rate: float,
     weights: list[Tensor],
     grads: list[Tensor],
     biases: list[Tensor],
     bn: list[list[Tensor]],
-    counters: list[Tensor],
     output_bias: Tensor,
     activation: str,
     momentum: float,
     epsilon: float,
     keep_grads: bool,
 ) -> Tensor:
-    nets, batch = weights[0].shape[0], x.shape[0]
-    hidden = len(weights) - 1
+    batch, hidden = x.shape[0], len(weights) - 1
     # Forward, keeping what the backward needs: each layer's input and y, BN's batch stats.
     hs: list[Tensor] = [x]  # layer inputs; then each hidden layer's act(y)
     ys: list[Tensor] = []
     saved: list[list[Tensor]] = []
     for layer in range(hidden):
-        w = weights[layer]
-        if layer == 0:  # every net sees the same images: one GEMM for all of them
-            z = torch.mm(x, w.flatten(0, 1).t())
-        else:
-            z = _per_net_mm(hs[layer], w.transpose(1, 2), nets)
+        z = torch.mm(hs[layer], weights[layer].t())
         if len(bn) > 0:
             gamma, beta, mean, var = bn[layer][0], bn[layer][1], bn[layer][2], bn[layer][3]
             y, batch_mean, invstd = torch.native_batch_norm(
                 z, gamma, beta, mean, var, True, momentum, epsilon
             )
-            counters[layer].add_(1)
+            bn[layer][4].add_(1)  # num_batches_tracked
             saved.append([z, batch_mean, invstd])
         else:
-            y = z.add_(biases[layer].view(1, -1))
+            y = z.add_(biases[layer])
         ys.append(y)
         hs.append(_activation(y, activation))
-    h = hs[hidden]
-    w_out = weights[hidden]
-    logits = _per_net_mm(h, w_out.transpose(1, 2), nets).view(batch, nets, -1)
-    log_p = torch.log_softmax(logits.add_(output_bias.transpose(0, 1)), dim=2)
-    targets = labels.view(batch, 1, 1).expand(batch, nets, 1)
-    losses = -log_p.gather(2, targets).view(batch, nets).mean(dim=0)
+    h, w_out = hs[hidden], weights[hidden]
+    log_p = torch.log_softmax(torch.addmm(output_bias, h, w_out.t()), dim=1)
+    targets = labels.view(batch, 1)
+    loss = -log_p.gather(1, targets).mean()
 
-    # Backward: ∂L/∂logits = (softmax - one-hot) / batch, times each net's learning rate.
-    delta = log_p.exp_().scatter_add_(2, targets, torch.full_like(log_p[:, :, :1], -1.0))
-    delta = delta.mul_(rates / batch).view(batch, -1)
-    back = _per_net_mm(delta, w_out, nets)
-    w_out.baddbmm_(_per_net(delta, nets).transpose(1, 2), _per_net(h, nets), alpha=-1.0)
-    output_bias.sub_(delta.view(batch, nets, -1).sum(dim=0).unsqueeze(1))
+    # Backward: ∂L/∂logits = (softmax - one-hot) / batch, times the net's learning rate.
+    delta = log_p.exp_().scatter_add_(1, targets, torch.full_like(log_p[:, :1], -1.0))
+    delta = delta.mul_(rate / batch)
+    back = torch.mm(delta, w_out)
+    w_out.addmm_(delta.t(), h, alpha=-1.0)
+    output_bias.sub_(delta.sum(dim=0))
     for layer in range(hidden - 1, -1, -1):
         d_y = _activation_backward(back, ys[layer], hs[layer + 1], activation)
         if len(bn) > 0:
@@ -226,17 +268,12 @@ def _step(
             beta.sub_(d_beta)
         else:
             d_z = d_y
-            biases[layer].view(-1).sub_(d_y.sum(dim=0))
-        w, grad = weights[layer], grads[layer]
-        if layer > 0:
-            back = _per_net_mm(d_z, w, nets)
-            d_z_t, h_in = _per_net(d_z, nets).transpose(1, 2), _per_net(hs[layer], nets)
-            if keep_grads:
-                w.sub_(torch.bmm(d_z_t, h_in, out=grad))
-            else:
-                w.baddbmm_(d_z_t, h_in, alpha=-1.0)
-        elif keep_grads:
-            w.sub_(torch.mm(d_z.t(), x, out=grad.view(-1, x.shape[1])).view(w.shape))
+            biases[layer].sub_(d_y.sum(dim=0))
+        w, h_in = weights[layer], hs[layer]
+        if layer > 0:  # the first layer's input is the images: no gradient to pass on
+            back = torch.mm(d_z, w)
+        if keep_grads:
+            w.sub_(torch.mm(d_z.t(), h_in, out=grads[layer]))
         else:  # the update as one GEMM, without a pass over a gradient tensor
-            w.view(-1, x.shape[1]).addmm_(d_z.t(), x, alpha=-1.0)
-    return losses
+            w.addmm_(d_z.t(), h_in, alpha=-1.0)
+    return loss

@@ -50,6 +50,10 @@ class BatchNorm(nn.Module):
     ``impl="torch"`` computes the same thing with ``F.batch_norm`` (torch's fused kernel).
     """
 
+    running_mean: Tensor
+    running_var: Tensor
+    num_batches_tracked: Tensor
+
     def __init__(
         self, stats_shape: tuple[int, ...], reduce_dims: tuple[int, ...], impl: BNImpl = "bnlab"
     ) -> None:

@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from bnlab.models.batchnorm import BNImpl
-from bnlab.models.network import VARIANTS, Architecture, NetStack
+from bnlab.models.network import Architecture, NetStack
+from bnlab.vocabulary import VARIANTS
 
 FORMAT_VERSION = 1
 NET_FORMAT = "bnlab-net"
@@ -71,7 +72,9 @@ def sha256_of(path: Path) -> str:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
-def _write(path: Path, tensors: dict[str, Tensor], kind: str, meta: dict) -> tuple[str, int]:
+def _write(
+    path: Path, tensors: dict[str, Tensor], kind: str, meta: dict[str, Any]
+) -> tuple[str, int]:
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": kind, "format_version": FORMAT_VERSION, **meta}
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}

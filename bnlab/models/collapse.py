@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from bnlab.models.data import Split
-from bnlab.models.inference import Mode, accuracy, logits
+from bnlab.models.inference import accuracy, logits
 from bnlab.models.network import NetStack
+from bnlab.vocabulary import Mode
 
 LARGEST_BATCH = 1024
 

@@ -9,15 +9,15 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor
 from torchvision import datasets
 from torchvision.datasets.utils import extract_archive
 
-Dataset = Literal["mnist", "fashion-mnist"]
-DATASETS: dict[str, type[datasets.MNIST]] = {
+from bnlab.vocabulary import Dataset
+
+LOADERS: dict[Dataset, type[datasets.MNIST]] = {
     "mnist": datasets.MNIST,
     "fashion-mnist": datasets.FashionMNIST,
 }
@@ -68,7 +68,7 @@ def load_splits(
 
 @lru_cache(maxsize=4)
 def _read(dataset: Dataset, data_dir: str, download: bool) -> tuple[Split, Split]:
-    cls = DATASETS[dataset]
+    cls = LOADERS[dataset]
     raw_folder = Path(data_dir) / cls.__name__ / "raw"
     expected = [os.path.basename(url).removesuffix(".gz") for url, _ in cls.resources]
     _extract_archives(raw_folder, expected)

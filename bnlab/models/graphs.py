@@ -31,7 +31,7 @@ class GraphedStep:
         self.indices = indices.clone()
         with _capturing:
             before = [tensor.detach().clone() for tensor in state]
-            side = torch.cuda.Stream(device)
+            side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]  # torch's is untyped
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(WARMUP_STEPS):

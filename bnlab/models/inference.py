@@ -11,7 +11,6 @@ A `plain` net has no BN and ignores the mode; `Prediction.mode_applies` says so.
 """
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -19,9 +18,7 @@ from torch import Tensor
 from bnlab.models.batchnorm import EPSILON
 from bnlab.models.data import Split, to_inputs
 from bnlab.models.network import NetStack
-
-Mode = Literal["population", "batch", "fused"]
-MODES: tuple[Mode, ...] = ("population", "batch", "fused")
+from bnlab.vocabulary import Mode
 
 
 @dataclass(frozen=True)
@@ -38,7 +35,8 @@ def logits(stack: NetStack, images: Tensor, mode: Mode) -> Tensor:
     inputs = to_inputs(images) if images.dtype == torch.uint8 else images
     if mode == "fused" and stack.has_bn:
         stack = fuse(stack)
-    return stack(inputs, "batch" if mode == "batch" else "population")
+    result: Tensor = stack(inputs, "batch" if mode == "batch" else "population")
+    return result
 
 
 class ServedNet:

@@ -16,20 +16,18 @@ of a stack run as the groups of one grouped convolution.
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.models.batchnorm import BatchNorm, BNImpl, BNMode
+from bnlab.vocabulary import Activation, Variant
 
-Variant = Literal["plain", "bn"]
-VARIANTS: tuple[Variant, ...] = ("plain", "bn")
 IMAGE_SIDE = 28
 CONV_KERNEL = 5
 
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+ACTIVATION_FUNCTIONS: dict[Activation, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
@@ -42,7 +40,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 class Architecture:
     """What a net looks like: conv channels (none for the MLP), hidden widths, activation."""
 
-    activation: str = "relu"
+    activation: Activation = "relu"
     hidden_layers: tuple[int, ...] = (100, 100, 100)
     conv_channels: tuple[int, ...] = ()
 
@@ -84,7 +82,7 @@ class NetStack(nn.Module):
         self.variant = variant
         self.bn_impl = bn_impl
         self.size = len(weights)
-        self.act = ACTIVATIONS[arch.activation]
+        self.act = ACTIVATION_FUNCTIONS[arch.activation]
         n_layers = len(arch.weight_shapes())
         self.weights = nn.ParameterList(
             nn.Parameter(torch.stack([w[i] for w in weights]).clone()) for i in range(n_layers)
@@ -107,6 +105,11 @@ class NetStack(nn.Module):
     @property
     def has_bn(self) -> bool:
         return self.variant == "bn"
+
+    @property
+    def batch_norms(self) -> list[BatchNorm]:
+        """The BN layers (`norms`, typed), one per hidden layer of a `bn` net."""
+        return [norm for norm in self.norms if isinstance(norm, BatchNorm)]
 
     def forward(
         self, images: Tensor, mode: BNMode, pre_activations: list[Tensor] | None = None

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from bnlab.models.data import to_inputs
-from bnlab.models.network import ACTIVATIONS, NetStack
+from bnlab.models.network import NetStack
+from bnlab.vocabulary import ACTIVATIONS
 
 PROBE_SIZE = 256
 PERCENTILES = (0.15, 0.50, 0.85)

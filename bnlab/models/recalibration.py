@@ -40,8 +40,9 @@ def recalibrate(stack: NetStack, train: Split, batch_size: int = 1000) -> NetSta
         raise ValueError("recalibration needs at least two training images")
     recalibrated = copy.deepcopy(stack)
     device = recalibrated.output_bias.device
-    for norm in recalibrated.norms:
+    for norm in recalibrated.batch_norms:
         moments = _input_moments(recalibrated, norm, train, batch_size, device)
+        assert moments.mean is not None, "a split of two images or more has a mean"
         norm.running_mean.copy_(moments.mean)
         norm.running_var.copy_(moments.unbiased_variance)
     return recalibrated
@@ -92,7 +93,7 @@ def _input_moments(
     try:
         for start in range(0, len(train), batch_size):
             images = train.images[start : start + batch_size].to(device)
-            stack(to_inputs(images), "population")
+            stack(to_inputs(images).to(stack.output_bias.dtype), "population")  # a float64 net too
     finally:
         hook.remove()
     return moments

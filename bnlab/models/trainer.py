@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,8 @@ from bnlab.models.inference import accuracy
 from bnlab.models.network import Architecture, NetStack, initial_weights
 from bnlab.models.probes import PROBE_SIZE, LayerStats, layer_stats, weight_grad_norms
 from bnlab.vocabulary import VARIANTS, Variant
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ class Lane:
         self._graph: GraphedStep | None = None  # captured at the first step on a GPU
         self._written_out: WrittenOutStep | None = None
         if active and backprop.applies(stack):
-            self._written_out = WrittenOutStep(stack, self._loss_weights)
+            self._written_out = WrittenOutStep(stack, rates)
         elif active:
             self._losses = _traced_losses(stack, self.train_split, self.order.batch_size)
 
@@ -158,16 +160,13 @@ class Lane:
         if not self.active or end_step <= first_step:
             return
         losses = torch.empty(end_step - first_step, len(self.active), device=self.device)
-        # The traced graph runs op by op under eager autograd: an optimizing executor would swap
-        # in its own derivatives after a few calls, and a resumed run (traced afresh) would then
-        # not be bit-identical to an uninterrupted one.
-        with torch.jit.optimized_execution(False):  # type: ignore[no-untyped-call]
+        with _unoptimized_torchscript():
             for row, step in enumerate(range(first_step, end_step)):
                 losses[row] = self._train_step(step, keep_grads=step == end_step - 1)
+        if self._written_out is not None:
+            self._written_out.sync()
         # Read before a diverged net is taken out: rebuilding the stack drops the gradients.
-        rates = [self.nets[cell].learning_rate for cell in self.active]
-        norms = weight_grad_norms(self.stack, rates)
-        self._grad_norms = dict(zip(self.active, norms, strict=True)) if norms else {}
+        self._grad_norms = dict(zip(self.active, self._per_net(self._grad_norms_of), strict=True))
         # Checked once per interval, not per step: a per-step check would stall on the device.
         # Nets are independent inside a stack, so a diverged one harms no other meanwhile.
         finite = torch.isfinite(losses).all(dim=0).tolist()
@@ -191,9 +190,9 @@ class Lane:
         labels = self.train_split.labels.index_select(0, indices)
         if self._written_out is not None:
             return self._written_out(images, labels, keep_grads)
-        losses = self._losses(images, labels)
+        losses: Tensor = self._losses(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
-        losses.dot(self._loss_weights).backward()
+        torch.autograd.backward(losses.dot(self._loss_weights))  # Tensor.backward is untyped
         self.optimizer.step()
         return losses.detach()
 
@@ -235,9 +234,29 @@ class Lane:
             return self.frozen[cell]
         return self.stack.net_state(self.active.index(cell))
 
+    def _rates(self, cells: Sequence[str]) -> list[float]:
+        return [self.nets[cell].learning_rate for cell in cells]
+
+    def _per_net(self, measure: Callable[[NetStack, list[str]], list[T]]) -> list[T]:
+        """`measure(stack, its cells)` over the stacks the active nets train in, per net. A
+        written-out lane trains each net as a stack of one and measures it so: what a net
+        reports then does not depend on the nets beside it either."""
+        if not self.active:
+            return []
+        if self._written_out is None:
+            return measure(self.stack, self.active)
+        singles = zip(self._written_out.singles, self.active, strict=True)
+        return [result for net, cell in singles for result in measure(net, [cell])]
+
+    def _grad_norms_of(self, stack: NetStack, cells: list[str]) -> list[list[float]]:
+        norms = weight_grad_norms(stack, self._rates(cells))
+        assert norms is not None, "a training step leaves its weight gradients"
+        return norms
+
     def sample(self, validation: Split) -> dict[str, NetSample]:
-        val_accuracy = accuracy(self.stack, validation, "population") if self.active else []
-        stats = layer_stats(self.stack, validation.images[:PROBE_SIZE]) if self.active else []
+        val_accuracy = self._per_net(lambda stack, _: accuracy(stack, validation, "population"))
+        probe = validation.images[:PROBE_SIZE]
+        stats = self._per_net(lambda stack, _: layer_stats(stack, probe))
         mean_loss, grad_norms = self._mean_loss, self._grad_norms
         self._mean_loss, self._grad_norms = None, {}
         return {
@@ -251,10 +270,8 @@ class Lane:
 
     def test_accuracies(self, test: Split, batch_size: int) -> dict[str, tuple[float, float]]:
         """Per net still training: accuracy with population and with batch statistics."""
-        if not self.active:
-            return {}
-        population = accuracy(self.stack, test, "population")
-        batch = accuracy(self.stack, test, "batch", batch_size=batch_size)
+        population = self._per_net(lambda stack, _: accuracy(stack, test, "population"))
+        batch = self._per_net(lambda stack, _: accuracy(stack, test, "batch", batch_size))
         return {cell: (population[i], batch[i]) for i, cell in enumerate(self.active)}
 
     def restore(self, states: dict[str, dict[str, Tensor]], diverged_at: dict[str, int]) -> None:
@@ -293,7 +310,10 @@ def _traced_losses(stack: NetStack, train: Split, batch_size: int) -> torch.jit.
     example = (train.images[:batch_size], train.labels[:batch_size])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about sizes: batches have one size
-        traced = torch.jit.trace(_Losses(stack), example, check_trace=False)
+        # torch.jit.trace has no type annotations
+        traced: torch.jit.ScriptModule = torch.jit.trace(  # type: ignore[no-untyped-call]
+            _Losses(stack), example, check_trace=False
+        )
     with torch.no_grad():  # tracing ran one training forward: undo its BN statistics update
         for buffer, before in zip(stack.buffers(), buffers, strict=True):
             buffer.copy_(before)
@@ -425,6 +445,20 @@ def _as_int(value: object) -> int:
     """A step read back from a state's metadata (an int, or the string a file stores)."""
     assert isinstance(value, int | str), f"not a step: {value!r}"
     return int(value)
+
+
+@contextmanager
+def _unoptimized_torchscript() -> Iterator[None]:
+    """TorchScript graphs (traced or scripted) run op by op, as written, in this thread: an
+    optimizing executor would swap in its own derivatives after a few calls, and a resumed run
+    (compiled afresh) would then not be bit-identical to an uninterrupted one. The setting is
+    per thread; `torch.jit.optimized_execution` does the same, but is untyped."""
+    before = torch._C._get_graph_executor_optimize()
+    torch._C._set_graph_executor_optimize(False)
+    try:
+        yield
+    finally:
+        torch._C._set_graph_executor_optimize(before)
 
 
 @contextmanager

@@ -8,8 +8,9 @@ import torch
 
 from bnlab.models.batchnorm import BNImpl
 from bnlab.models.data import Splits, load_splits
-from bnlab.models.network import Architecture, NetStack, Variant
+from bnlab.models.network import Architecture, NetStack
 from bnlab.models.trainer import Cell, Trainer, TrainingSpec, build_trainer
+from bnlab.vocabulary import Variant
 
 CPU = torch.device("cpu")
 LONE = "lone"  # the name of a lone experiment's one cell

@@ -20,9 +20,9 @@ from bnlab.models.checkpoint import (
     sha256_of,
 )
 from bnlab.models.data import Splits
-from bnlab.models.inference import MODES, ServedNet
-from bnlab.models.network import VARIANTS
+from bnlab.models.inference import ServedNet
 from bnlab.models.trainer import Trainer
+from bnlab.vocabulary import MODES, VARIANTS
 from tests.models.conftest import LONE, MLP, stack_of_one
 
 PREDICT_IN_FRESH_PROCESS = """
@@ -30,7 +30,8 @@ import json, sys
 import torch
 from safetensors.torch import load_file
 from bnlab.models.checkpoint import load_net
-from bnlab.models.inference import MODES, ServedNet
+from bnlab.models.inference import ServedNet
+from bnlab.vocabulary import MODES
 
 torch.set_num_threads(1)  # as the live nets ran: exact equality assumes the same threading
 images = load_file(sys.argv[1])["images"]

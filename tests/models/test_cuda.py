@@ -17,10 +17,11 @@ from bnlab.models.collapse import one_at_a_time
 from bnlab.models.data import Splits
 from bnlab.models.device import resolve_device
 from bnlab.models.inference import ServedNet
-from bnlab.models.network import VARIANTS, Architecture
+from bnlab.models.network import Architecture
 from bnlab.models.trainer import Lane, Sample, Trainer, TrainingSpec, build_trainer
+from bnlab.vocabulary import VARIANTS
 from tests.models.conftest import CPU, LONE, MLP, lone_trainer
-from tests.models.test_stacked import STABLE, assert_same_curve, cells_of, run
+from tests.models.test_stacked import STABLE, cells_of, run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -115,11 +116,23 @@ def test_resumed_gpu_training_equals_uninterrupted(
 
 
 def test_stacked_cells_on_the_gpu_train_as_each_alone(splits: Splits, gpu: torch.device) -> None:
+    """On a GPU nets train through autograd, a stack of G in batched kernels that sum in
+    another order than a lone net's: ~1e-7 (float32's epsilon) per step. The STABLE cells damp
+    rather than grow it, so after 100 steps a loss agrees to 1e-4 relative (1e-7 with 1,000x
+    room for growth) and the validation accuracy to the image (1 of 200 is 0.005)."""
     cells = cells_of(STABLE)
     stacked = run(build_trainer(MLP, cells, splits, gpu, "torch"))
     for cell in cells:
         alone = run(lone_trainer(MLP, cell.spec, splits, gpu, "torch"))
-        assert_same_curve(alone, stacked, cell.name)
+        assert [s.step for s in alone] == [s.step for s in stacked]
+        for lone, grouped in zip(alone, stacked, strict=True):
+            mine, theirs = grouped.cells[cell.name], lone.cells[LONE]
+            assert mine.diverged_at == theirs.diverged_at
+            assert set(mine.nets) == set(theirs.nets)
+            for variant, net in theirs.nets.items():
+                assert mine.nets[variant].val_accuracy == pytest.approx(net.val_accuracy, abs=1e-3)
+                if net.train_loss is not None:
+                    assert mine.nets[variant].train_loss == pytest.approx(net.train_loss, rel=1e-4)
 
 
 def test_a_net_trained_on_the_gpu_serves_on_the_cpu_and_collapses_in_batch_mode(

@@ -42,6 +42,8 @@ def test_population_statistics_equal_the_whole_split_computed_at_once(
     ):
         mean = x.mean(dim=norm.reduce_dims, keepdim=True)
         var = x.var(dim=norm.reduce_dims, keepdim=True, unbiased=True)  # type: ignore[call-overload]
+        # float32 BN inputs (~sqrt(784) * 1.2e-7 = 3e-6 relative each) against the float64
+        # whole-split moments of the same inputs: rtol 1e-5
         torch.testing.assert_close(norm.running_mean, mean.float(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(norm.running_var, var.float(), rtol=1e-5, atol=1e-7)
 
@@ -55,10 +57,20 @@ def test_the_first_layer_gets_the_mean_and_variance_of_its_inputs(splits: Splits
 
 
 def test_the_batch_size_changes_nothing(splits: Splits) -> None:
-    stack = NetStack(MLP, "bn", [initial_weights(MLP, 5.0, seed=0)])  # large means, small spreads
+    """What the batch size changes is how the moments are merged; the net is float64 so that
+    the forward pass adds no rounding of its own worth speaking of. (In float32 a GEMM over 7
+    rows and one over 10,000 may take different kernels that round each BN input differently,
+    by ~sqrt(784) float32 ulps: that is MKL's choice, not recalibration's, and it grows through
+    the layers by a factor this test would have to guess.) In float64 each BN input rounds by
+    ~sqrt(784) * 1.1e-16 = 3e-15 relative; normalizing divides by a spread no smaller than a
+    tenth of the values here ((|mean| + 3 sd) / sd < 10 per layer), so three layers grow it at
+    most 1,000-fold, to 3e-12; merging even the full split's 55,000 / 7 = 8,000 chunks in
+    float64 adds ~8,000 * 1.1e-16 = 1e-12. rtol 1e-10 is 30x that, and far below what a merging
+    error would show (a dropped term of Chan's update is of the order of the variance itself)."""
+    stack = NetStack(MLP, "bn", [initial_weights(MLP, 5.0, seed=0)]).double()  # large means
     small, large = recalibrate(stack, splits.train, 7), recalibrate(stack, splits.train, 10_000)
     for a, b in zip(small.buffers(), large.buffers(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=0)
 
 
 def test_the_original_net_is_left_as_it_was(splits: Splits) -> None:

@@ -10,8 +10,9 @@ import torch
 
 from bnlab.models.checkpoint import load_state, save_state
 from bnlab.models.data import Splits
-from bnlab.models.network import VARIANTS, Architecture
+from bnlab.models.network import Architecture
 from bnlab.models.trainer import Sample, Trainer, TrainingSpec
+from bnlab.vocabulary import VARIANTS
 from tests.models.conftest import LONE, lone_trainer
 
 ARCH = Architecture()
