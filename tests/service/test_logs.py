@@ -49,8 +49,7 @@ def test_every_worker_line_is_json_and_job_lines_carry_the_experiment_id(
     job_lines = [
         line
         for line in lines
-        if line["logger"].startswith("bnlab.worker.job")
-        or f"{TRAIN}[" in line["message"]
+        if line["logger"].startswith("bnlab.worker.job") or f"{TRAIN}[" in line["message"]
     ]
     for experiment_id in ids:
         own = [line for line in job_lines if line.get("experiment_id") == experiment_id]
