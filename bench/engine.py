@@ -1,4 +1,4 @@
-"""The paired trainer against the loop a user would write, side by side in one process.
+"""A lone experiment's trainer (its plain and bn pair) against the loop a user would write.
 
 The baseline: `nn.Sequential`, `torch.optim.SGD`, a random index per batch, the data as one
 float tensor; one net at a time. Prints per-net throughput ratios (with and without BN), the

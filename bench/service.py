@@ -2,9 +2,9 @@
 
 Starts `bnlab api` and `bnlab worker` (Redis + PostgreSQL when reachable, else the embedded
 default), posts experiments, and compares the worker's training speed (pair steps per second,
-from start to finish as the database records it) with the paired trainer run in this process on
-the same spec, before and after the worker run. Also reports the delay from POST to the job
-starting on an idle worker.
+from start to finish as the database records it) with a lone experiment's trainer run in this
+process on the same spec, before and after the worker run. Also reports the delay from POST to
+the job starting on an idle worker.
 
     python bench/service.py --data-dir /tmp/fdata [--steps 5000] [--stack redis-postgres]
 """

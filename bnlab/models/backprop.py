@@ -3,12 +3,17 @@ r"""A training step of a stack of MLPs, written out: forward, backward and the S
 Autograd records some 60 nodes per step and walks them back; for nets this small that
 bookkeeping costs about as much as the arithmetic. Written out, a step is the forward's ops,
 their derivatives in reverse order and an in-place update, compiled once with TorchScript (so a
-lane's thread holds the GIL for one call per step, not for each op). Activations are laid out
-(batch, net * feature), the layout torch's BN kernel is fastest on (3x against (feature,
-batch) rows); each net's product reads and writes its slice of it in place through one batched
-GEMM, and the first layer, whose input every net shares, is a single GEMM.
+lane's thread holds the GIL for one call per step, not for each op).
 
-Hidden layer :math:`l` of each net, for a batch :math:`h` laid out (batch, in):
+Each net of the stack steps on its own tensors, one net after the other, with exactly the calls
+and shapes a lone net's step makes (2-D GEMMs, torch's BN kernel on (batch, feature)). So a
+net's numbers cannot depend on the nets beside it, whichever kernels MKL and ATen pick: a wide
+GEMM over all nets, a BN kernel over all their channels or an elementwise kernel over all their
+activations would each round a net's values differently with the group's size (ATen finishes
+a vector-width tail with scalar code; MKL picks kernels by shape). It costs nothing measurable:
+on the classic grid the per-net loop ran faster than the wide layout did (bench/RESULTS.md).
+
+Hidden layer :math:`l` of a net, for a batch :math:`h` laid out (batch, in):
 
 .. math::
 

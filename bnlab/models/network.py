@@ -1,8 +1,9 @@
 """The study's networks, stacked: several nets of one architecture computed as one module.
 
 A `NetStack` holds G nets of one variant side by side; every weight has a leading net axis, so
-one GEMM steps them all. The trainer runs the study's pair as two stacks of one (one per core);
-a sweep stacks many nets; a single net for serving is a stack of one.
+one batched kernel computes them all. A trainer's lane holds its cells' nets of one variant in a
+stack (on the CPU an MLP's training step then takes each net as a stack of one of its own, see
+`backprop`); a single net for serving is a stack of one.
 
 Hidden layer of a `plain` net:  h = act(h @ W + b), b zero at start.
 Hidden layer of a `bn` net:     h = act(BN(h @ W)), no bias (BN's beta takes its place).

@@ -87,6 +87,36 @@ def test_a_grouped_cell_trains_bit_for_bit_as_it_does_alone(
     assert loss is not None and loss < 1.5
 
 
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_through_autograd_one_step_of_every_regime_agrees_to_rounding(
+    splits: Splits, activation: str
+) -> None:
+    """The written-out BN (and conv nets, and GPUs) train through autograd, a group's nets in
+    batched kernels that sum in another order than a lone net's. After one step, from the same
+    weights and batch, that order is all that differs: each value rounds by ~sqrt(K) float32
+    epsilons of its tensor's scale, sqrt(784) * 1.2e-7 = 3.3e-6 for the widest sums; 1e-5 of
+    the scale allows 3x. (Over many steps chaotic regimes grow it; the written-out step above
+    is the one that holds bit for bit.)"""
+    arch = Architecture(activation=activation)
+    one_step = [
+        spec(rate, std, training_batches=1, batches_per_sample=1)
+        for rate in (0.01, 1.0, 2.0)
+        for std in (0.05, 5.0)
+    ]
+    group = build_trainer(arch, cells_of(one_step), splits, CPU, "bnlab")
+    assert not group.lanes[1].written_out  # the bn lane: autograd
+    run(group)
+    for i, cell_spec in enumerate(one_step):
+        alone = lone_trainer(arch, cell_spec, splits, bn_impl="bnlab")
+        run(alone)
+        for variant in VARIANTS:
+            mine = group.net_state(f"c{i}", variant)
+            for name, tensor in alone.net_state(LONE, variant).items():
+                scale = tensor.abs().max().item() or 1.0
+                difference = (mine[name] - tensor).abs().max().item()
+                assert difference <= 1e-5 * scale, f"cell {i} {variant} {name}: {difference}"
+
+
 def test_stacked_lanes_draw_the_same_batches_as_a_lone_pair(splits: Splits) -> None:
     stacked = build_trainer(RELU, cells_of(STABLE), splits, CPU)
     alone = lone_trainer(RELU, STABLE[2], splits)
@@ -135,6 +165,20 @@ def test_resumed_stacked_training_equals_uninterrupted(splits: Splits, tmp_path:
                 assert torch.equal(resumed.net_state(cell, variant)[name], tensor) or (
                     tensor.is_floating_point() and not math.isfinite(tensor.sum().item())
                 )
+
+
+def test_a_group_resumes_only_from_states_of_all_its_cells_at_one_step(splits: Splits) -> None:
+    group = build_trainer(RELU, cells_of(STABLE[:2]), splits, CPU, "torch")
+    run(group)
+    states = {cell: group.state(cell) for cell in group.cells}
+    fresh = build_trainer(RELU, cells_of(STABLE[:2]), splits, CPU, "torch")
+    before = fresh.net_state("c0", "bn")
+    tensors, meta = states["c1"]
+    assert not fresh.restore({"c0": states["c0"]})  # c1 has no state
+    assert not fresh.restore({"c0": states["c0"], "c1": (tensors, {**meta, "step": 20})})
+    assert fresh.step == 0
+    assert all(torch.equal(t, before[name]) for name, t in fresh.net_state("c0", "bn").items())
+    assert fresh.restore(states) and fresh.step == STEPS
 
 
 def test_cells_with_another_batch_order_are_refused(splits: Splits) -> None:
