@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from bench.predict import prepare
-from bnlab.api.auth import RequireToken
-from bnlab.api.limits import LimitBody
+from bnlab.api.core.auth import RequireToken
+from bnlab.api.core.limits import LimitBody
 from bnlab.api.main import create_app
 from bnlab.settings import Settings
 

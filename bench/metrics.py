@@ -22,7 +22,8 @@ import torch
 from fastapi import FastAPI
 
 from bench.predict import prepare
-from bnlab.api import main, metrics
+from bnlab.api import main
+from bnlab.api.core import metrics
 from bnlab.settings import Settings
 
 

@@ -40,7 +40,7 @@ def api() -> None:
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG
 
-    from bnlab.api.auth import access_notice
+    from bnlab.api.core.auth import access_notice
 
     settings = get_settings()
     logs.configure(settings.log_format)

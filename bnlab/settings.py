@@ -42,8 +42,8 @@ class Settings(BaseSettings):
     # threads: at most this many at once per API process; one more is a 503 (bnlab/api/study).
     study_slots: int = Field(default=2, ge=1)
     # When set, every route but /health, the docs and the dashboard's files needs
-    # `Authorization: Bearer <api_token>` (bnlab/api/auth.py). Unset, the API is open to whoever
-    # reaches it: the embedded default binds 127.0.0.1 only.
+    # `Authorization: Bearer <api_token>` (bnlab/api/core/auth.py). Unset, the API is open to
+    # whoever reaches it: the embedded default binds 127.0.0.1 only.
     api_token: SecretStr | None = None
     worker_heartbeat_seconds: float = 2.0
     # Workers train at this niceness (set once at start, inherited by pool processes), so the

@@ -14,9 +14,9 @@ from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from bnlab.api.broker import Broker
-from bnlab.api.schemas import MAX_ID
-from bnlab.api.serving import ServedNets
+from bnlab.api.core.broker import Broker
+from bnlab.api.experiments.schemas import MAX_ID
+from bnlab.api.predict.serving import ServedNets
 from bnlab.api.study.sources import ComputeSlots
 from bnlab.settings import Settings
 from bnlab.store import queries

@@ -6,13 +6,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from bnlab.api import errors, metrics, writes
-from bnlab.api.auth import require_token
-from bnlab.api.broker import Broker
-from bnlab.api.limits import LimitBody
-from bnlab.api.routes import add_routes
-from bnlab.api.serving import ServedNets, checkpoint_loader
+from bnlab.api.core import dashboard, errors, health, metrics, writes
+from bnlab.api.core.auth import require_token
+from bnlab.api.core.broker import Broker
+from bnlab.api.core.limits import LimitBody
+from bnlab.api.events import routes as events
+from bnlab.api.experiments import routes as experiments
+from bnlab.api.predict import routes as predict
+from bnlab.api.predict.serving import ServedNets, checkpoint_loader
+from bnlab.api.study import routes as study
 from bnlab.api.study.sources import ComputeSlots
+from bnlab.api.sweeps import routes as sweeps
 from bnlab.settings import Settings, get_settings
 from bnlab.store.db import make_sessionmaker
 
@@ -56,3 +60,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost of all, so refused requests (401, 413) are counted too.
     metrics.install(app)
     return app
+
+
+def add_routes(app: FastAPI) -> None:
+    # /predict goes on the app itself, first: FastAPI matches an included router as a nested
+    # router, and that level, like every route tried before, costs each prediction time.
+    app.add_api_route(endpoint=predict.predict, **predict.ROUTE)
+    app.include_router(experiments.router)
+    app.include_router(study.router)
+    app.include_router(events.router)
+    app.include_router(events.sweep_router)
+    app.include_router(sweeps.router)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    # The dashboard last: its mount at /static must not shadow an API route.
+    dashboard.add_dashboard(app)

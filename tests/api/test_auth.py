@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from bnlab.api.auth import access_notice, is_open
+from bnlab.api.core.auth import access_notice, is_open
 from bnlab.api.main import create_app
 from bnlab.settings import Settings
 from bnlab.store.tables import Experiment
@@ -120,11 +120,13 @@ def test_a_request_without_the_token_is_refused_before_its_body_is_read(
 def test_refusals_are_logged_without_the_token(
     guarded: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="bnlab.api.auth"):
+    with caplog.at_level(logging.WARNING, logger="bnlab.api.core.auth"):
         guarded.get("/experiments", headers=bearer(WRONG))
         guarded.get("/experiments")
         guarded.get("/experiments", headers=bearer(TOKEN))
-    lines = [record.getMessage() for record in caplog.records if record.name == "bnlab.api.auth"]
+    lines = [
+        record.getMessage() for record in caplog.records if record.name == "bnlab.api.core.auth"
+    ]
     assert len(lines) == 2
     assert "/experiments" in lines[0] and "wrong token" in lines[0]
     assert "no token" in lines[1]

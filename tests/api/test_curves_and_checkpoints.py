@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from bnlab.api.plotting import curve_png, title
-from bnlab.api.schemas import Series
+from bnlab.api.core.plotting import curve_png, title
+from bnlab.api.experiments.schemas import Series
 from bnlab.store import queries
 from bnlab.store.tables import CurvePoint, Experiment
 from tests.api.conftest import add_checkpoints, add_experiment, tamper

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from bnlab.api.core.dashboard import STATIC_DIR
 from bnlab.api.main import create_app
-from bnlab.api.routes.dashboard import STATIC_DIR
 from bnlab.settings import Settings
 from tests.api.conftest import make_settings
 

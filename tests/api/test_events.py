@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from bnlab.api import events
+from bnlab.api.events import streams as events
 from bnlab.client import Event, parse_events
 from bnlab.settings import Settings
 from bnlab.store import queries

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from bnlab.api.core.redact import reason
 from bnlab.api.main import create_app
-from bnlab.api.redact import reason
 from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.db import make_engine

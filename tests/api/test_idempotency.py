@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bnlab.api import idempotency
-from bnlab.api.schemas import ExperimentOut
+from bnlab.api.core import idempotency
+from bnlab.api.experiments.schemas import ExperimentOut
 from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
 from bnlab.store import queries

@@ -18,10 +18,10 @@ from PIL import Image
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from bnlab.api.images import decode_digit
+from bnlab.api.experiments.schemas import PredictionOut
 from bnlab.api.main import create_app
-from bnlab.api.schemas import PredictionOut
-from bnlab.api.serving import LoadedNet, ServedNets
+from bnlab.api.predict.images import decode_digit
+from bnlab.api.predict.serving import LoadedNet, ServedNets
 from bnlab.models.checkpoint import load_net, sha256_of
 from bnlab.models.inference import ServedNet
 from bnlab.settings import Settings

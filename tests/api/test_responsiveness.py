@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 
-from bnlab.api.writes import WRITE_SLOTS
+from bnlab.api.core.writes import WRITE_SLOTS
 from bnlab.vocabulary import Queue
 
 BURST = 3 * WRITE_SLOTS

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from bnlab.api.main import create_app
-from bnlab.api.routes import study
+from bnlab.api.study import routes as study
 from bnlab.api.study.sources import BUSY_RETRY_SECONDS
 from bnlab.models.checkpoint import load_net, save_net
 from bnlab.models.data import Split, load_splits

@@ -230,7 +230,7 @@ def offered(*args: str) -> list[str]:
 
 
 def test_the_clis_choices_are_the_apis() -> None:
-    from bnlab.api.schemas import ExperimentOut, PredictQuery
+    from bnlab.api.experiments.schemas import ExperimentOut, PredictQuery
     from bnlab.spec import ExperimentSpec
 
     def api(model: type[BaseModel], field: str) -> list[str]:

@@ -19,7 +19,7 @@ import yaml
 from jsonschema import Draft7Validator
 from sqlalchemy.engine import make_url
 
-from bnlab.api.auth import is_open
+from bnlab.api.core.auth import is_open
 from bnlab.cli import app
 from bnlab.settings import Settings
 from bnlab.vocabulary import Queue

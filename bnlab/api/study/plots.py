@@ -1,13 +1,13 @@
 """The study's inside view as PNGs: accuracy against inference batch size, and each hidden layer's
 pre-activation percentiles over training. Matplotlib's object API only, as in
-bnlab/api/plotting.py (requests render side by side in the threadpool)."""
+bnlab/api/core/plotting.py (requests render side by side in the threadpool)."""
 
 import io
 from typing import Any
 
 from matplotlib.figure import Figure
 
-from bnlab.api.plotting import COLORS, LABELS, title
+from bnlab.api.core.plotting import COLORS, LABELS, title
 from bnlab.api.study.schemas import ActivationsOut, BatchSizeEffectOut, LayerSeries
 
 PANEL_INCHES = (5.0, 2.6)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bnlab.api.domain_errors import Busy, Conflict, Unavailable
-from bnlab.api.serving import LoadedNet, ServedNets
+from bnlab.api.core.domain_errors import Busy, Conflict, Unavailable
+from bnlab.api.predict.serving import LoadedNet, ServedNets
 from bnlab.models.data import DataUnavailable, Splits, load_splits
 from bnlab.settings import Settings
 from bnlab.store.tables import Experiment

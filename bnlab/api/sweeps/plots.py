@@ -1,5 +1,5 @@
 """A sweep's curves as one PNG: a small plot per cell, both variants in each, titled with the
-cell's values. Matplotlib's object API only, as in bnlab/api/plotting.py (thread-safe)."""
+cell's values. Matplotlib's object API only, as in bnlab/api/core/plotting.py (thread-safe)."""
 
 import io
 import json
@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from bnlab.api.plotting import COLORS, LABELS
+from bnlab.api.core.plotting import COLORS, LABELS
 from bnlab.store.tables import CurvePoint, Experiment
 from bnlab.vocabulary import Variant
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from bnlab.api.schemas import Progress
+from bnlab.api.experiments.schemas import Progress
 from bnlab.vocabulary import Status
 
 Verdict = Literal["BN better", "same", "BN worse"]

@@ -6,12 +6,15 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
-from bnlab.api import idempotency, plotting, submit
-from bnlab.api.content import JSON_ONLY, NOT_JSON, Responses
+from bnlab.api.core import idempotency, plotting
+from bnlab.api.core.content import JSON_ONLY, NOT_JSON, Responses
+from bnlab.api.core.idempotency import IdempotencyKey
+from bnlab.api.core.workers import notices
+from bnlab.api.core.writes import WRITE_SLOT
 from bnlab.api.deps import BrokerDep, ExperimentDep, SessionDep, SettingsDep
-from bnlab.api.idempotency import IdempotencyKey
-from bnlab.api.presenters import experiment_out
-from bnlab.api.schemas import (
+from bnlab.api.experiments import submit
+from bnlab.api.experiments.presenters import experiment_out
+from bnlab.api.experiments.schemas import (
     MAX_ID,
     Curve,
     ExperimentOut,
@@ -19,9 +22,7 @@ from bnlab.api.schemas import (
     Message,
     Series,
 )
-from bnlab.api.serving import verified_file
-from bnlab.api.workers import notices
-from bnlab.api.writes import WRITE_SLOT
+from bnlab.api.predict.serving import verified_file
 from bnlab.spec import ExperimentSpec
 from bnlab.store import queries
 from bnlab.store.tables import Experiment

@@ -9,7 +9,7 @@ or that lacks bnlab's tables is a 503 with `Retry-After` and what to do, not a b
 route that reads SQL gets it from here, whichever SQLAlchemy error the driver's failure became
 (OperationalError, InterfaceError, or any error that invalidated the connection).
 
-Code below the routes raises the domain's errors (bnlab/api/domain_errors.py); `STATUS` is the
+Code below the routes raises the domain's errors (bnlab/api/core/domain_errors.py); `STATUS` is the
 one place that says which HTTP status each is.
 """
 
@@ -23,8 +23,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from bnlab.api import domain_errors
-from bnlab.api.redact import reason
+from bnlab.api.core import domain_errors
+from bnlab.api.core.redact import reason
 from bnlab.settings import Settings
 from bnlab.store.retry import is_transient
 

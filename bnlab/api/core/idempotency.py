@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bnlab.api.domain_errors import Invalid
+from bnlab.api.core.domain_errors import Invalid
 from bnlab.store.tables import Experiment, Sweep
 
 HEADER = "Idempotency-Key"

@@ -1,6 +1,7 @@
-"""Prometheus metrics for GET /metrics: HTTP requests and latencies per route, /predict latency
-per mode, checkpoint-cache hits and misses, and, read from SQL when scraped, experiments by
-status, queued jobs per queue, live workers and the training speed of each running experiment.
+"""GET /metrics, in the Prometheus text format: HTTP requests and latencies per route,
+/predict latency per mode, checkpoint-cache hits and misses, and, read from SQL when scraped,
+experiments by status, queued jobs per queue, live workers and the training speed of each
+running experiment.
 
 Each app has a registry of its own (tests build many apps in one process). Per request the cost
 is a dict lookup, a counter increment and one histogram observation: /predict is held to a bare
@@ -11,16 +12,23 @@ from collections.abc import Iterator, Mapping
 from time import perf_counter
 from typing import Any, TypeVar
 
-from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bnlab.api.serving import ServedNets
-from bnlab.api.workers import live_worker_counts
+from bnlab.api.core.workers import live_worker_counts
+from bnlab.api.predict.serving import ServedNets
 from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.db import make_sessionmaker
@@ -187,3 +195,19 @@ def install(app: FastAPI) -> None:
     sessions = make_sessionmaker(settings.database_url)
     app.state.metrics = Metrics(settings, sessions, app.state.served_nets)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text."}},
+)
+def metrics(request: Request) -> Response:
+    """Requests and latencies per route, /predict latency, checkpoint-cache hits, experiments by
+    status, queued jobs per queue, live workers, and each running experiment's steps/s."""
+    # A plain `def`: the scrape reads SQL, so it runs in the threadpool, not on the event loop.
+    app_metrics: Metrics = request.app.state.metrics
+    return Response(generate_latest(app_metrics.registry), media_type=CONTENT_TYPE_LATEST)

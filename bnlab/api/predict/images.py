@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from bnlab.api.domain_errors import Invalid, TooLarge
+from bnlab.api.core.domain_errors import Invalid, TooLarge
 
 SIDE = 28
 FORMATS = ("PNG", "JPEG")

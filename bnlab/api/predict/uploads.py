@@ -18,10 +18,10 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from torch import Tensor
 
-from bnlab.api.domain_errors import Invalid, Malformed, TooLarge, UnsupportedMedia
-from bnlab.api.errors import describe
-from bnlab.api.images import SIDE, decode_digit
-from bnlab.api.schemas import Pixel, PixelsBody
+from bnlab.api.core.domain_errors import Invalid, Malformed, TooLarge, UnsupportedMedia
+from bnlab.api.core.errors import describe
+from bnlab.api.experiments.schemas import Pixel, PixelsBody
+from bnlab.api.predict.images import SIDE, decode_digit
 
 IMAGE_FIELD = "image"
 MAX_FILES = 256  # a batch of uploads; the byte limit bounds it as well

@@ -4,11 +4,11 @@ from fastapi import APIRouter, Response
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from bnlab.api.core.errors import RETRY_AFTER_SECONDS
+from bnlab.api.core.redact import reason
+from bnlab.api.core.workers import live_worker_counts
 from bnlab.api.deps import BrokerDep, SessionDep, SettingsDep
-from bnlab.api.errors import RETRY_AFTER_SECONDS
-from bnlab.api.redact import reason
-from bnlab.api.schemas import Health
-from bnlab.api.workers import live_worker_counts
+from bnlab.api.experiments.schemas import Health
 
 router = APIRouter(tags=["health"])
 

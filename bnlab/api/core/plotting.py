@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # no display on a server; set before anything imports pyp
 
 from matplotlib.figure import Figure
 
-from bnlab.api.schemas import Series
+from bnlab.api.experiments.schemas import Series
 from bnlab.vocabulary import Variant
 
 COLORS = {"plain": "tab:orange", "bn": "tab:blue"}

@@ -16,10 +16,10 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from bnlab.api.core.errors import describe
 from bnlab.api.deps import app_settings, served_nets
-from bnlab.api.errors import describe
-from bnlab.api.schemas import Message, PixelsBody, PredictionOut, PredictQuery
-from bnlab.api.uploads import IMAGE_FIELD, read_images
+from bnlab.api.experiments.schemas import Message, PixelsBody, PredictionOut, PredictQuery
+from bnlab.api.predict.uploads import IMAGE_FIELD, read_images
 from bnlab.models.inference import Prediction
 
 # Bigger batches run in the threadpool, so one large request does not stall the event loop.
@@ -90,7 +90,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-# `FastAPI.add_api_route` arguments: routes/__init__.py puts this route on the app itself.
+# `FastAPI.add_api_route` arguments: bnlab/api/main.py puts this route on the app itself.
 ROUTE: dict[str, Any] = {
     "path": "/predict",
     "methods": ["POST"],

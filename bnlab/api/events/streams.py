@@ -29,8 +29,9 @@ from fastapi.sse import ServerSentEvent
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from bnlab.api.presenters import experiment_out, sweep_out
-from bnlab.api.schemas import ExperimentOut, Progress
+from bnlab.api.experiments.presenters import experiment_out
+from bnlab.api.experiments.schemas import ExperimentOut, Progress
+from bnlab.api.sweeps.presenters import sweep_out
 from bnlab.api.sweeps.schemas import SweepOut
 from bnlab.settings import Settings
 from bnlab.store import queries

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import Depends, HTTPException, Request
 
-from bnlab.api.schemas import Message
+from bnlab.api.experiments.schemas import Message
 
 
 async def require_json(request: Request) -> None:

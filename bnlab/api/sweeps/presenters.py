@@ -1,25 +1,19 @@
-"""An experiment or a sweep as GET returns it, built from its rows: shared by the routes and the
-event streams (bnlab/api/events.py), which send the same thing once a run has ended."""
+"""A sweep as GET returns it, built from its rows: shared by the routes and the event stream
+(bnlab/api/events/streams.py), which sends the same thing once a sweep has ended."""
 
 from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
-from bnlab.api.schemas import ExperimentOut, Progress
+from bnlab.api.core.workers import notices
+from bnlab.api.experiments.schemas import Progress
 from bnlab.api.sweeps import report
 from bnlab.api.sweeps.schemas import SweepCell, SweepOut, SweepProgress
-from bnlab.api.workers import notices
 from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.tables import Experiment, Sweep
 from bnlab.sweeps import varying_fields
 from bnlab.vocabulary import TERMINAL, Status
-
-
-def experiment_out(experiment: Experiment, session: Session, settings: Settings) -> ExperimentOut:
-    """The experiment, with what to do if it waits on a missing worker."""
-    notice = notices(session, settings, [experiment])[experiment.id]
-    return ExperimentOut.from_row(experiment, notice)
 
 
 def sweep_out_by_id(session: Session, settings: Settings, sweep_id: int) -> SweepOut:

@@ -9,7 +9,7 @@ import os
 
 from celery import Celery
 
-from bnlab.api.redact import reason
+from bnlab.api.core.redact import reason
 from bnlab.jobs import make_celery, send_training_job
 from bnlab.settings import Settings
 from bnlab.vocabulary import Queue

@@ -1,7 +1,7 @@
 """A cap on request bodies (BNLAB_MAX_BODY_BYTES), so no request can make the API buffer more.
 
 Uvicorn sets no limit of its own, and FastAPI reads a JSON body whole before validating it.
-/predict is left to its own limit (BNLAB_MAX_UPLOAD_BYTES, bnlab/api/uploads.py), which says
+/predict is left to its own limit (BNLAB_MAX_UPLOAD_BYTES, bnlab/api/predict/uploads.py), which says
 what to send instead.
 """
 
@@ -9,7 +9,7 @@ from fastapi import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bnlab.api.auth import route_path
+from bnlab.api.core.auth import route_path
 
 OWN_LIMIT = frozenset({"/predict"})
 

@@ -1,5 +1,5 @@
 """What code below the routes raises when a request cannot be served: a kind of refusal and the
-message a person reads. Which HTTP status each kind is lives in one place, bnlab/api/errors.py;
+message a person reads. Which HTTP status each kind is lives in one place, bnlab/api/core/errors.py;
 nothing here knows HTTP, so serving, the study's sources, uploads and submissions say what is
 wrong and the routes' layer says how it travels.
 """

@@ -5,16 +5,16 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
-from bnlab.api import idempotency
-from bnlab.api.content import JSON_ONLY, NOT_JSON, Responses
+from bnlab.api.core import idempotency
+from bnlab.api.core.content import JSON_ONLY, NOT_JSON, Responses
+from bnlab.api.core.idempotency import IdempotencyKey
+from bnlab.api.core.writes import WRITE_SLOT
 from bnlab.api.deps import BrokerDep, SessionDep, SettingsDep, SweepDep
-from bnlab.api.idempotency import IdempotencyKey
-from bnlab.api.presenters import overall_status, sweep_out, sweep_out_by_id, sweep_progress
-from bnlab.api.schemas import MAX_ID, Message
-from bnlab.api.submit import submit_sweep
+from bnlab.api.experiments.schemas import MAX_ID, Message
+from bnlab.api.experiments.submit import submit_sweep
 from bnlab.api.sweeps import plots, report
+from bnlab.api.sweeps.presenters import overall_status, sweep_out, sweep_out_by_id, sweep_progress
 from bnlab.api.sweeps.schemas import SweepOut, SweepPage, SweepReport, SweepSummary
-from bnlab.api.writes import WRITE_SLOT
 from bnlab.store import queries
 from bnlab.store.tables import Sweep
 from bnlab.sweeps import SweepRejected, SweepRequest, expand, varying_fields

@@ -20,10 +20,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bnlab.api.content import Responses
+from bnlab.api.core.content import Responses
 from bnlab.api.deps import ExperimentDep, SessionDep, SettingsDep, served_nets, study_slots
-from bnlab.api.schemas import MAX_ID, Message
-from bnlab.api.serving import open_checkpoint
+from bnlab.api.experiments.schemas import MAX_ID, Message
+from bnlab.api.predict.serving import open_checkpoint
 from bnlab.api.study import plots
 from bnlab.api.study.schemas import (
     ActivationsOut,

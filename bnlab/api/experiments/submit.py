@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from fastapi import HTTPException
 from sqlalchemy.orm import Session
 
-from bnlab.api.broker import Broker
+from bnlab.api.core.broker import Broker
 from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
 from bnlab.store import queries

@@ -1,5 +1,5 @@
 """/experiments/{id}/events and /sweeps/{id}/events: live progress as server-sent events (see
-bnlab/api/events.py).
+bnlab/api/events/streams.py).
 
 A stream already under way when the database goes away cannot become a 503: it ends with an
 `unavailable` event saying so (and a `retry` hint) instead of a connection cut without a word.
@@ -14,10 +14,10 @@ from fastapi import APIRouter, Depends, Header
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy.exc import DBAPIError
 
-from bnlab.api import events
+from bnlab.api.core.errors import RETRY_AFTER_SECONDS, database_unavailable
 from bnlab.api.deps import ExperimentId, SettingsDep, SweepId, found
-from bnlab.api.errors import RETRY_AFTER_SECONDS, database_unavailable
-from bnlab.api.schemas import Message
+from bnlab.api.events import streams
+from bnlab.api.experiments.schemas import Message
 from bnlab.settings import Settings
 from bnlab.store.db import make_sessionmaker
 from bnlab.store.tables import Experiment, Sweep
@@ -72,7 +72,7 @@ async def experiment_events(
     final status. Reconnecting with `Last-Event-ID` misses nothing."""
     sessions = make_sessionmaker(settings.database_url)
     start = -1 if last_event_id is None else last_event_id
-    stream = events.experiment_events(sessions, settings, experiment_id, start)
+    stream = streams.experiment_events(sessions, settings, experiment_id, start)
     async for event in ending_on_outage(stream, settings):
         yield event
 
@@ -96,7 +96,7 @@ async def sweep_events(
     """Follow a sweep live: each cell's status and progress as they change, then the sweep."""
     sessions = make_sessionmaker(settings.database_url)
     async for event in ending_on_outage(
-        events.sweep_events(sessions, settings, sweep_id), settings
+        streams.sweep_events(sessions, settings, sweep_id), settings
     ):
         yield event
 

@@ -3,7 +3,7 @@
 An entry is made only for a succeeded experiment, whose checkpoints never change again; so a hit
 needs no database round trip. Entries are keyed by (experiment id, variant, version asked for),
 None standing for the latest, with the version actually loaded kept beside it. A later version
-appears only through recalibration (routes/study.py), which drops that net's "latest" entry from
+appears only through recalibration (study/routes.py), which drops that net's "latest" entry from
 this process's cache. Loading verifies the file's sha256 against the one recorded when it was
 written (`verified_file`, which the download route uses too): a file changed on disk is refused,
 not served.
@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from bnlab.api.domain_errors import Conflict, NotFound
+from bnlab.api.core.domain_errors import Conflict, NotFound
 from bnlab.models.checkpoint import CheckpointError, load_net, sha256_of
 from bnlab.models.inference import ServedNet
 from bnlab.models.network import NetStack

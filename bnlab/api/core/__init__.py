@@ -1,0 +1,2 @@
+"""The HTTP plumbing every feature shares: errors, auth, limits, idempotency, metrics, the
+broker, health and the dashboard's files."""

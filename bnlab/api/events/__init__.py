@@ -1,0 +1,1 @@
+"""Live progress of experiments and sweeps as server-sent events."""

@@ -1,0 +1,1 @@
+"""Experiments: submit, read, cancel, curves and checkpoints."""

@@ -1,0 +1,1 @@
+"""Single-image inference with BN on population or batch statistics."""
