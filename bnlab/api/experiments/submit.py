@@ -5,10 +5,10 @@ without a message on the broker.
 
 from collections.abc import Sequence
 
-from fastapi import HTTPException
 from sqlalchemy.orm import Session
 
 from bnlab.api.core.broker import Broker
+from bnlab.api.core.domain_errors import Unavailable
 from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
 from bnlab.store import queries
@@ -48,7 +48,7 @@ def submit(
     """`specs` stored as queued experiments (the cells of `sweep`, or one experiment holding
     `idempotency_key`) and committed, then a job queued per group of `jobs` (indices into
     `specs`). When the broker refuses one, that group and those after it are marked failed,
-    saying why, and a 503 says so."""
+    saying why, and `Unavailable` says so."""
     experiments = [
         queries.create_experiment(
             session,
@@ -69,7 +69,7 @@ def submit(
         except Exception as error:  # whatever the broker raised, these jobs are not queued
             unqueued = [experiment for later in groups_of[number:] for experiment in later]
             cause = _fail_unqueued(session, broker, error, sweep or experiments[0], unqueued)
-            raise HTTPException(503, _not_queued(sweep, unqueued, cause)) from None
+            raise Unavailable(_not_queued(sweep, unqueued, cause)) from None
     return experiments
 
 
