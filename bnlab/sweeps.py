@@ -10,19 +10,18 @@ batched model (see `stack_key`) go to a worker as one job.
 import itertools
 import json
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bnlab.spec import ExperimentSpec
+from bnlab.vocabulary import Preset
 
 FIELDS: tuple[str, ...] = tuple(ExperimentSpec.model_fields)
 # What may differ between the nets of one batched model: each net has its own learning rate and
 # its own initial weights. Everything else (architecture, activation, batch order, schedule,
 # data, device) is shared by a stack.
 PER_NET_FIELDS = ("learning_rate", "use_bad_weights", "weight_std")
-
-Preset = Literal["classic"]
 
 
 def _classic() -> list[dict[str, Any]]:

@@ -31,3 +31,9 @@ ACTIVATIONS: tuple[Activation, ...] = get_args(Activation)
 
 Dataset = Literal["mnist", "fashion-mnist"]
 DATASETS: tuple[Dataset, ...] = get_args(Dataset)
+
+# A sweep's named grid: "classic" is the study's table (activations x learning rates x weights).
+Preset = Literal["classic"]
+
+# How a sweep's report is written out.
+ReportFormat = Literal["json", "csv", "md"]

@@ -3,8 +3,7 @@
 import json
 import time
 from collections.abc import Iterator
-from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -20,20 +19,15 @@ from bnlab.commands.common import (
     print_json,
     reports_errors,
 )
-from bnlab.vocabulary import TERMINAL
+from bnlab.vocabulary import TERMINAL, Preset
 
 app = typer.Typer(help="Run a grid of experiments and read its report.", no_args_is_help=True)
 
 POLL_SECONDS = 2.0
 
 
-class Preset(StrEnum):
-    classic = "classic"  # the study's table: activations x learning rates x initial weights
-
-
-class ReportFormat(StrEnum):
-    md = "md"
-    csv = "csv"
+# The report as text; its JSON is --json, as on every read command.
+TextFormat = Literal["md", "csv"]
 
 
 SweepId = Annotated[int, typer.Argument(min=1, help="The sweep's id.", show_default=False)]
@@ -82,7 +76,7 @@ def run(
         "base": {name: _value(value) for name, value in map(_field, set_ or [])},
     }
     if preset is not None:
-        body["preset"] = preset.value
+        body["preset"] = preset
     with connect(url, token) as client:
         sweep = client.post("/sweeps", body)
         if not wait:
@@ -96,7 +90,7 @@ def run(
             print_json(sweep)
         else:
             # Plain print: rich would wrap the Markdown table's long lines.
-            print(_report_text(client, sweep["id"], ReportFormat.md), end="")
+            print(_report_text(client, sweep["id"], "md"), end="")
     failed = [cell for cell in cells(sweep) if cell.get("status") != "succeeded"]
     if failed or sweep.get("status", "succeeded") != "succeeded":
         ids = ", ".join(str(cell.get("id")) for cell in failed)
@@ -108,9 +102,7 @@ def run(
 @reports_errors
 def report(
     sweep_id: SweepId,
-    format: Annotated[ReportFormat, typer.Option("--format", help="Markdown or CSV.")] = (
-        ReportFormat.md
-    ),
+    format: Annotated[TextFormat, typer.Option("--format", help="Markdown or CSV.")] = "md",
     url: Url = DEFAULT_URL,
     token: Token = None,
     json: Json = False,
@@ -123,7 +115,7 @@ def report(
             print(_report_text(client, sweep_id, format), end="")
 
 
-def _report_text(client: Client, sweep_id: int, format: ReportFormat) -> str:
+def _report_text(client: Client, sweep_id: int, format: TextFormat) -> str:
     text = client.request("GET", f"/sweeps/{sweep_id}/report", params={"format": format}).text
     return text if text.endswith("\n") else text + "\n"
 

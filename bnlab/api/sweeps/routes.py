@@ -1,7 +1,7 @@
 """/sweeps: submit a grid of experiments (or the classic study), follow it, cancel it, and read
 its report as JSON, CSV or Markdown, and its curves as one PNG."""
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
@@ -18,13 +18,12 @@ from bnlab.api.sweeps.schemas import SweepOut, SweepPage, SweepReport, SweepSumm
 from bnlab.store import queries
 from bnlab.store.tables import Sweep
 from bnlab.sweeps import SweepRejected, SweepRequest, expand, varying_fields
-from bnlab.vocabulary import TERMINAL
+from bnlab.vocabulary import TERMINAL, ReportFormat
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
 NOT_FOUND: Responses = {404: {"model": Message, "description": "No sweep with that id."}}
 DEFAULT_TOLERANCE = 0.01
-ReportFormat = Literal["json", "csv", "md"]
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "md": "text/markdown; charset=utf-8"}
 
 
