@@ -1,10 +1,8 @@
 """The `bnlab` command: the embedded service in one process tree, or its parts one at a time."""
 
-import contextlib
 import logging
 import os
 import signal
-import subprocess
 import sys
 from typing import Annotated
 
@@ -92,17 +90,18 @@ def _yield_cpu_to_api(niceness: int) -> None:
 
 @app.command()
 def up() -> None:
-    """The embedded default: migrate, start one worker process, serve the API. Ctrl-C stops all."""
+    """The embedded default: migrate, start one worker process (started again if it dies, see
+    bnlab/supervisor.py), serve the API. Ctrl-C stops all."""
+    from bnlab.supervisor import Supervisor
+
     settings = get_settings()
+    logs.configure(settings.log_format)
     migrate()
     typer.echo(f"bnlab on http://{settings.host}:{settings.port} (bound to {settings.host} only)")
-    # A process group of its own: the worker and its pool processes stop together, and only
-    # when `up` says so (a Ctrl-C reaches `up` alone, which then stops the worker warmly).
-    worker_process = subprocess.Popen(
-        [sys.executable, "-m", "bnlab.cli", "worker", "--queue", "cpu"],
-        env=os.environ.copy(),
-        start_new_session=True,
+    supervisor = Supervisor(
+        [sys.executable, "-m", "bnlab.cli", "worker", "--queue", "cpu"], "cpu", settings.state_dir
     )
+    supervisor.start()
     # SIGTERM on `bnlab up` must stop the worker too, like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
@@ -110,20 +109,7 @@ def up() -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        _stop_worker(worker_process)
-
-
-def _stop_worker(process: subprocess.Popen[bytes], grace_seconds: float = 30) -> None:
-    """SIGTERM: the worker's running job saves its state and hands its experiment back at its
-    next sample point, then the worker exits. Past the grace period, kill its whole group; the
-    experiment is then queued again by the next worker's reaper."""
-    process.terminate()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace_seconds)
-    # Whatever is left of the group (a pool process that outlived its parent).
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+        supervisor.stop()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,12 @@ def test_healthy_with_live_workers_counted_per_queue(client: TestClient, session
     response = client.get("/health")
 
     assert response.status_code == 200
-    assert response.json() == {"database": "ok", "broker": "ok", "workers": {"cpu": 2, "gpu": 1}}
+    assert response.json() == {
+        "database": "ok",
+        "broker": "ok",
+        "workers": {"cpu": 2, "gpu": 1},
+        "worker": None,
+    }
 
 
 def test_no_workers_is_still_healthy(client: TestClient) -> None:

@@ -219,3 +219,8 @@ class Health(BaseModel):
     workers: dict[Queue, int] | None = Field(
         description="Live workers per queue; null when the database cannot say."
     )
+    worker: str | None = Field(
+        default=None,
+        description="Under `bnlab up`: why it stopped restarting its worker (then 503); "
+        "null otherwise.",
+    )
