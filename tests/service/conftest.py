@@ -6,6 +6,7 @@ served by uvicorn over real HTTP, on one of two stacks:
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -140,6 +141,25 @@ def running_service(tmp_path: Path, env: dict[str, str], workers: int = 1) -> It
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+        client.close()
+
+
+@contextmanager
+def running_up(tmp_path: Path, env: dict[str, str]) -> Iterator[Service]:
+    """The real `bnlab up` (API and its supervised worker in one process tree), logging to
+    `up.log`; SIGTERMed at the end, which must stop all of it cleanly (exit 0)."""
+    client = httpx.Client(base_url=f"http://127.0.0.1:{env['BNLAB_PORT']}")
+    with open(tmp_path / "up.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bnlab.cli", "up"], env=env, stdout=log, stderr=log
+        )
+    service = Service(client, env, {"up": process}, tmp_path)
+    try:
+        _wait_until_ready(service)
+        yield service
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
         client.close()
 
 

@@ -5,7 +5,6 @@ resumes and the next experiment trains; one that keeps dying is left down, and /
 import logging
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from bnlab.store.tables import Worker
 from bnlab.supervisor import MAX_EXITS, Supervisor, given_up
 from tests.api.conftest import make_settings
 from tests.faults.conftest import FAULT_SETTINGS, SPEC, assert_complete_curve, finished
-from tests.service.conftest import SMALL, Service, _wait_until_ready, service_env
+from tests.service.conftest import SMALL, Service, running_up, service_env
 
 T = TypeVar("T")
 
@@ -46,19 +45,8 @@ def up(tmp_path: Path, idx_data_dir: Path) -> Iterator[Service]:
     """The real `bnlab up` on a state dir of its own; its log is `up.log`. A dead job's lease
     lapses after 3 s (FAULT_SETTINGS)."""
     env = service_env(tmp_path, idx_data_dir, **FAULT_SETTINGS)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{env['BNLAB_PORT']}")
-    with open(tmp_path / "up.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bnlab.cli", "up"], env=env, stdout=log, stderr=log
-        )
-    service = Service(client, env, {"up": process}, tmp_path)
-    try:
-        _wait_until_ready(service)
+    with running_up(tmp_path, env) as service:
         yield service
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-        client.close()
 
 
 def the_worker(service: Service, not_pid: int | None = None) -> psutil.Process:

@@ -4,18 +4,14 @@ every thread of them, after a job has trained (torch's threads exist by then), b
 service tests and docker compose run it (`bnlab api` and `bnlab worker`) and as `bnlab up`."""
 
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 from pydantic import ValidationError
 
 from bnlab.settings import Settings
-from tests.service.conftest import SMALL, Service, _wait_until_ready, running_service, service_env
+from tests.service.conftest import SMALL, Service, running_service, running_up, service_env
 
 pytestmark = pytest.mark.service
 
@@ -60,23 +56,12 @@ def test_bnlab_up_trains_at_the_configured_niceness_and_serves_the_api_at_its_ow
     tmp_path: Path, idx_data_dir: Path
 ) -> None:
     env = service_env(tmp_path, idx_data_dir, worker_nice=str(NICENESS))
-    client = httpx.Client(base_url=f"http://127.0.0.1:{env['BNLAB_PORT']}")
-    with open(tmp_path / "up.log", "wb") as log:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "bnlab.cli", "up"], env=env, stdout=log, stderr=log
-        )
-    service = Service(client, env, {"up": up}, tmp_path)
-    try:
-        _wait_until_ready(service)
+    with running_up(tmp_path, env) as service:
         # The API runs in `up`'s own process, its one child is the worker.
-        api = psutil.Process(up.pid)
+        api = psutil.Process(service.processes["up"].pid)
         (worker,) = api.children()
         assert_training_yields_to_the_api(service, api, worker)
         assert f"training at niceness {NICENESS}" in service.log("up")
-    finally:
-        up.send_signal(signal.SIGTERM)
-        up.wait(timeout=60)
-        client.close()
 
 
 @pytest.mark.parametrize("niceness", [-1, 20])
