@@ -14,7 +14,7 @@ WORKDIR /src
 # install pyproject.toml's dependencies before the real sources are copied in.
 COPY pyproject.toml README.md* ./
 RUN mkdir bnlab && touch bnlab/__init__.py \
-    && pip install . \
+    && pip install ".[s3]" \
     && pip uninstall --yes bnlab \
     && rm -rf bnlab build ./*.egg-info
 
