@@ -1,25 +1,76 @@
-"""A small HTTP client for the bnlab API, used by the `bnlab` CLI: requests, error messages a
-person can act on, and the server-sent events of an experiment or a sweep.
+"""The Python client of the bnlab API, and the one HTTP layer of the `bnlab` CLI.
 
-It talks to the API only over HTTP (httpx) and imports nothing of the service, so the CLI works
-against any bnlab server and starts fast (no torch).
+    from bnlab import Client
+
+    client = Client()                           # BNLAB_URL and BNLAB_API_TOKEN, or the embedded one
+    experiment = client.run(activation="relu", learning_rate=1, training_batches=2000)
+    experiment.wait()                           # a live bar; raises if it failed or was cancelled
+    experiment.plot()                           # plain vs bn validation accuracy, current axes
+    experiment.predict(image, mode="batch")     # numpy arrays, PIL images or file paths
+
+It talks to the API only over HTTP (httpx) and imports nothing of the service, so it works
+against any bnlab server and imports fast: numpy, PIL, pandas, matplotlib and tqdm are imported
+only by the methods that need them, and only pandas-returning methods fall back without it.
 """
 
+import io
 import json
+import mimetypes
+import os
+import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+from bnlab.vocabulary import TERMINAL, VARIANTS, Mode, Preset, Status, Variant
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # The server pings an idle event stream every 15 s; a read that waits this long is a dead link.
 STREAM_READ_TIMEOUT = 45.0
+POLL_SECONDS = 1.0
+IMAGE_FIELD = "image"
+IMAGE_SIDE = 28
 
 
 class ApiError(Exception):
-    """Something went wrong talking to the API; the message is one line for a person."""
+    """Something went wrong talking to the API; the message is one line for a person (the
+    server's own words for a 4xx)."""
+
+
+class Unreachable(ApiError):
+    """The server is down, unreachable, or did not answer in time."""
+
+
+class StreamBroken(ApiError):
+    """An event stream's connection failed; reconnecting may help."""
+
+
+class ExperimentFailed(ApiError):
+    """An experiment waited on ended failed; `experiment` is it as the server returned it."""
+
+    def __init__(self, message: str, experiment: dict[str, Any]):
+        super().__init__(message)
+        self.experiment = experiment
+
+
+class ExperimentCancelled(ExperimentFailed):
+    """An experiment waited on was cancelled."""
+
+
+class SweepFailed(ApiError):
+    """A sweep waited on ended with cells that did not succeed; `sweep` is it as it ended."""
+
+    def __init__(self, message: str, sweep: dict[str, Any]):
+        super().__init__(message)
+        self.sweep = sweep
 
 
 @dataclass(frozen=True)
@@ -31,9 +82,27 @@ class Event:
     data: Any
 
 
+@dataclass
+class Update:
+    """What changed: a variant's latest point, the progress, or (at the end) the experiment."""
+
+    accuracy: dict[Variant, float] = field(default_factory=dict)
+    progress: dict[str, Any] | None = None
+    finished: dict[str, Any] | None = None
+
+
 class Client:
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30):
-        self.url = url.rstrip("/")
+    """A connection to a bnlab API.
+
+    `url` defaults to BNLAB_URL, else the embedded service (http://127.0.0.1:8000); `token` to
+    BNLAB_API_TOKEN, sent as the bearer token. Usable as a context manager (closes the
+    connection pool). Every method raises ApiError with the server's message when it says no,
+    and Unreachable when it cannot be reached.
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30):
+        self.url = (url or os.environ.get("BNLAB_URL") or DEFAULT_URL).rstrip("/")
+        token = token if token is not None else os.environ.get("BNLAB_API_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -41,14 +110,58 @@ class Client:
         return self
 
     def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def close(self) -> None:
         self.http.close()
+
+    # The study, as objects.
+
+    def run(self, **spec: Any) -> "Experiment":
+        """Queue an experiment: the spec's fields as keyword arguments (`activation`,
+        `learning_rate`, `use_bad_weights`, `training_batches`, ...; see the server's /docs),
+        every one left out taking the study's default."""
+        return Experiment(self, self.post("/experiments", spec))
+
+    def experiment(self, experiment_id: int) -> "Experiment":
+        """An experiment already on the server."""
+        return Experiment(self, self.get(f"/experiments/{experiment_id}"))
+
+    def experiments(self, status: Status | None = None, limit: int = 50) -> list["Experiment"]:
+        """Experiments, newest first."""
+        page = self.get("/experiments", status=status, limit=limit)
+        return [Experiment(self, item) for item in page["items"]]
+
+    def sweep(
+        self,
+        preset: Preset | None = None,
+        grid: dict[str, list[Any]] | None = None,
+        base: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> "Sweep":
+        """Queue a grid of experiments: `preset="classic"` (the study's 15 cells) and/or a
+        `grid` of field -> values (every combination a cell), `base` fields shared by every
+        cell; `options` are the sweep's other fields (e.g. `stack=False`)."""
+        body: dict[str, Any] = {"grid": grid or {}, "base": base or {}, **options}
+        if preset is not None:
+            body["preset"] = preset
+        return Sweep(self, self.post("/sweeps", body))
+
+    def existing_sweep(self, sweep_id: int) -> "Sweep":
+        """A sweep already on the server."""
+        return Sweep(self, self.get(f"/sweeps/{sweep_id}"))
+
+    # HTTP, for the methods above and the CLI.
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """The response to a request; ApiError for anything but a 2xx."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as error:
-            raise ApiError(self._unreachable(error)) from None
+            raise Unreachable(self._unreachable(error)) from None
         if response.is_error:
             raise ApiError(describe(response))
         return response
@@ -85,8 +198,398 @@ class Client:
         )
 
 
-class StreamBroken(ApiError):
-    """An event stream's connection failed; reconnecting may help."""
+class Experiment:
+    """A handle on one experiment (a plain and a bn net trained side by side). `info` is the
+    experiment as the server last returned it; `status` and `results` ask again until it ends."""
+
+    def __init__(self, client: Client, info: dict[str, Any]):
+        self.client = client
+        self.info = info
+        self.id: int = info["id"]
+        self.path = f"/experiments/{self.id}"
+
+    def __repr__(self) -> str:
+        return f"<Experiment {self.id}: {self.info['status']}>"
+
+    def refresh(self) -> dict[str, Any]:
+        """The experiment as the server has it now (also kept in `info`)."""
+        self.info = self.client.get(self.path)
+        return self.info
+
+    def _current(self) -> dict[str, Any]:
+        # An ended experiment never changes again: no need to ask.
+        return self.info if self.info["status"] in TERMINAL else self.refresh()
+
+    @property
+    def status(self) -> Status:
+        status: Status = self._current()["status"]
+        return status
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = self.info["spec"]
+        return spec
+
+    @property
+    def results(self) -> dict[Variant, dict[str, Any]]:
+        """Per variant: final_val_accuracy, test_accuracy, test_accuracy_batch_stats,
+        steps_to_90, steps_to_95, diverged_at_step (None until known)."""
+        results: dict[Variant, dict[str, Any]] = self._current()["results"]
+        return results
+
+    def cancel(self) -> "Experiment":
+        """Cancel it if queued; a running one stops at its next sample point."""
+        self.info = self.client.post(f"{self.path}/cancel")
+        return self
+
+    def wait(self, progress: bool = True) -> "Experiment":
+        """Follow it to its end (a progress bar with `progress` and tqdm installed); raises
+        ExperimentFailed or ExperimentCancelled, with the server's reason, unless it succeeded."""
+        bar = ProgressBar(self.info["progress"]["total"], f"experiment {self.id}", progress)
+        accuracy: dict[str, str] = {}
+        try:
+            for update in self.updates():
+                accuracy.update({v: f"{a:.1%}" for v, a in update.accuracy.items()})
+                if update.progress is not None:
+                    bar.show(update.progress["step"], accuracy)
+                if update.finished is not None:
+                    self.info = update.finished
+                    bar.show(self.info["progress"]["step"], accuracy)
+        finally:
+            bar.close()
+        raise_unless_succeeded(self.info)
+        return self
+
+    def updates(self) -> Iterator[Update]:
+        """Updates until it ends, the last one `finished`: from its event stream, or by polling
+        if the stream cannot be had (a proxy that buffers it, an older server)."""
+        try:
+            yield from self._updates_from_events()
+        except StreamBroken:
+            yield from self._updates_by_polling()
+
+    def _updates_from_events(self) -> Iterator[Update]:
+        for event in follow(self.client, f"{self.path}/events"):
+            if event.name == "point":
+                yield Update(accuracy={event.data["variant"]: event.data["val_accuracy"]})
+            elif event.name == "progress":
+                yield Update(progress=event.data)
+            elif event.name == "status":
+                yield Update(finished=event.data)
+
+    def _updates_by_polling(self) -> Iterator[Update]:
+        while True:
+            experiment = self.refresh()
+            latest = {
+                variant: values["val_accuracy"][-1]
+                for variant, values in self.series().items()
+                if values["val_accuracy"]
+            }
+            status = experiment["status"]
+            yield Update(accuracy=latest, progress={**experiment["progress"], "status": status})
+            if status in TERMINAL:
+                yield Update(finished=experiment)
+                return
+            time.sleep(POLL_SECONDS)
+
+    def series(self) -> dict[Variant, dict[str, list[Any]]]:
+        """The curve as the server sends it: per variant, lists `step`, `val_accuracy` and
+        `train_loss`."""
+        series: dict[Variant, dict[str, list[Any]]] = self.client.get(f"{self.path}/curve")[
+            "series"
+        ]
+        return series
+
+    def curve(self) -> Any:
+        """The curve, a row per variant and sample point: columns step, variant, val_accuracy,
+        train_loss. A pandas DataFrame where pandas is installed, else a dict of those columns
+        as lists."""
+        columns: dict[str, list[Any]] = {
+            "step": [],
+            "variant": [],
+            "val_accuracy": [],
+            "train_loss": [],
+        }
+        for variant, values in self.series().items():
+            columns["step"] += values["step"]
+            columns["variant"] += [variant] * len(values["step"])
+            columns["val_accuracy"] += values["val_accuracy"]
+            columns["train_loss"] += values["train_loss"]
+        return _frame(columns)
+
+    def curve_png(self) -> bytes:
+        """The curve as the server plots it (PNG)."""
+        return self.client.request("GET", f"{self.path}/curve.png").content
+
+    def plot(self, ax: "Axes | None" = None) -> "Axes":
+        """Validation accuracy against training step, plain and bn, on `ax` (default: the
+        current matplotlib axes); returns the axes."""
+        import matplotlib.pyplot as plt
+
+        ax = ax if ax is not None else plt.gca()
+        for variant, values in self.series().items():
+            ax.plot(values["step"], values["val_accuracy"], label=variant)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("validation accuracy")
+        ax.set_title(_describe_spec(self.spec))
+        ax.legend()
+        return ax
+
+    def checkpoint(
+        self, variant: Variant = "bn", path: str | os.PathLike[str] | None = None
+    ) -> bytes | Path:
+        """The variant's latest checkpoint (safetensors): its bytes, or written to `path`
+        (then the path is returned)."""
+        content = self.client.request("GET", f"{self.path}/checkpoints/{variant}").content
+        if path is None:
+            return content
+        target = Path(path)
+        target.write_bytes(content)
+        return target
+
+    def predict(
+        self,
+        images: Any,
+        variant: Variant = "bn",
+        mode: Mode = "population",
+        version: int | None = None,
+    ) -> Any:
+        """The net's answer (`prediction`, `probabilities`, `mode`, `mode_applies`) for one
+        image, or a list of answers for a batch. `images`: a numpy array (28x28 or 784 values
+        in [0, 1], or 0-255 integers; a batch of either), a PIL image, a file path (PNG or
+        JPEG), or a list of images or paths. mode="batch" normalizes with the statistics of
+        the batch sent."""
+        query = {"experiment_id": self.id, "variant": variant, "mode": mode, "version": version}
+        params = {key: value for key, value in query.items() if value is not None}
+        return self.client.request("POST", "/predict", params=params, **_image_body(images)).json()
+
+    def collapse(self, n: int = 200) -> dict[str, Any]:
+        """The study's check on the first `n` test images, one at a time, with population and
+        with batch statistics (the latter all one class), and the whole test set in batches."""
+        collapse: dict[str, Any] = self.client.post(f"{self.path}/collapse", params={"n": n})
+        return collapse
+
+
+class Sweep:
+    """A handle on one sweep: a grid of experiments (its cells), and its report."""
+
+    def __init__(self, client: Client, info: dict[str, Any]):
+        self.client = client
+        self.info = info
+        self.id: int = info["id"]
+        self.path = f"/sweeps/{self.id}"
+
+    def __repr__(self) -> str:
+        return f"<Sweep {self.id}: {self.info['status']}, {len(self.info['cells'])} cells>"
+
+    def refresh(self) -> dict[str, Any]:
+        self.info = self.client.get(self.path)
+        return self.info
+
+    @property
+    def status(self) -> Status:
+        info = self.info if self.info["status"] in TERMINAL else self.refresh()
+        status: Status = info["status"]
+        return status
+
+    @property
+    def experiments(self) -> list[Experiment]:
+        """Its cells, as experiments."""
+        return [self.client.experiment(cell["id"]) for cell in self.info["cells"]]
+
+    def cancel(self) -> "Sweep":
+        """Cancel every cell not yet finished."""
+        self.info = self.client.post(f"{self.path}/cancel")
+        return self
+
+    def wait(self, progress: bool = True) -> "Sweep":
+        """Follow it to its end (a bar of finished cells); raises SweepFailed, naming the cells
+        that did not succeed and why, unless every cell succeeded."""
+        bar = ProgressBar(len(self.info["cells"]), f"sweep {self.id}", progress, unit="cell")
+        try:
+            for cells in self.cell_states():
+                bar.show(sum(cell["status"] in TERMINAL for cell in cells.values()))
+        finally:
+            bar.close()
+        self.refresh()
+        unsuccessful = [cell for cell in self.info["cells"] if cell["status"] != "succeeded"]
+        if unsuccessful:
+            what = "; ".join(_cell_outcome(cell) for cell in unsuccessful)
+            raise SweepFailed(f"sweep {self.id} {self.info['status']}: {what}", self.info)
+        return self
+
+    def cell_states(self) -> Iterator[dict[int, dict[str, Any]]]:
+        """Each cell's latest state (by id) after every change, until all have ended: from the
+        sweep's event stream, or by polling where the stream cannot be had."""
+        state: dict[int, dict[str, Any]] = {}
+        try:
+            for event in follow(self.client, f"{self.path}/events"):
+                if event.name == "cell":
+                    state[event.data["id"]] = event.data
+                    yield state
+            return
+        except StreamBroken:
+            pass
+        while True:
+            sweep = self.refresh()
+            yield {cell["id"]: cell for cell in sweep["cells"]}
+            if sweep["status"] in TERMINAL:
+                return
+            time.sleep(POLL_SECONDS)
+
+    def report(self, tolerance: float | None = None) -> Any:
+        """The study's table, a row per cell (or per cell over its seeds): the varying fields'
+        values, then `plain_*` and `bn_*` (final_val_accuracy, test_accuracy, steps_to_90, ...),
+        `verdict` and `speedup_90`. A DataFrame where pandas is installed, else a list of dicts.
+        While cells run it holds what is done."""
+        rows = self.report_json(tolerance)["rows"]
+        return _frame([_flat_row(row) for row in rows])
+
+    def report_json(self, tolerance: float | None = None) -> dict[str, Any]:
+        """The report as the server sends it (`complete`, `columns`, `rows`, ...)."""
+        report: dict[str, Any] = self.client.get(f"{self.path}/report", tolerance=tolerance)
+        return report
+
+    def report_text(self, format: str = "md") -> str:
+        """The report as Markdown (`md`) or CSV (`csv`)."""
+        return self.client.request("GET", f"{self.path}/report", params={"format": format}).text
+
+    def plot(self, columns: int = 3) -> "Figure":
+        """A small curve plot per cell, in the current matplotlib figure; returns the figure."""
+        import matplotlib.pyplot as plt
+
+        cells = self.experiments
+        rows = -(-len(cells) // columns)
+        figure = plt.gcf()
+        figure.set_size_inches(4 * min(columns, len(cells)), 3 * rows)
+        axes = list(figure.subplots(rows, min(columns, len(cells)), squeeze=False).flat)
+        for ax, cell in zip(axes, cells, strict=False):
+            cell.plot(ax)
+        for ax in axes[len(cells) :]:
+            ax.set_visible(False)  # the grid's unused panels
+        figure.tight_layout()
+        return figure
+
+
+class ProgressBar:
+    """A tqdm.auto bar (a widget in Jupyter, text in a terminal); nothing where tqdm is not
+    installed or `show` is false."""
+
+    def __init__(self, total: int, description: str, show: bool, unit: str = "step"):
+        self._bar: Any = None
+        if show:
+            try:
+                from tqdm.auto import tqdm  # type: ignore[import-untyped]
+            except ImportError:
+                return
+            self._bar = tqdm(total=total, desc=description, unit=unit)
+
+    def show(self, done: int, fields: dict[str, str] | None = None) -> None:
+        if self._bar is None:
+            return
+        self._bar.n = done
+        if fields:
+            self._bar.set_postfix(fields, refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def raise_unless_succeeded(experiment: dict[str, Any]) -> None:
+    """ExperimentFailed (or ExperimentCancelled) with the server's reason, unless it
+    succeeded."""
+    status = experiment["status"]
+    if status == "succeeded":
+        return
+    reason = f": {experiment['error']}" if experiment.get("error") else ""
+    kind = ExperimentCancelled if status == "cancelled" else ExperimentFailed
+    raise kind(f"experiment {experiment['id']} {status}{reason}", experiment)
+
+
+def _cell_outcome(cell: dict[str, Any]) -> str:
+    reason = f" ({cell['error']})" if cell.get("error") else ""
+    return f"experiment {cell['id']} {cell['status']}{reason}"
+
+
+def _describe_spec(spec: dict[str, Any]) -> str:
+    weights = "bad" if spec.get("use_bad_weights") else "good"
+    if spec.get("weight_std") is not None:
+        weights = f"std {spec['weight_std']}"
+    return f"{spec.get('activation')}, lr {spec.get('learning_rate')}, {weights} weights"
+
+
+def _flat_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A report row with its values first and each variant's summary as `<variant>_<name>`."""
+    flat = dict(row["values"])
+    for name, value in row.items():
+        if name in VARIANTS:
+            flat.update({f"{name}_{key}": item for key, item in value.items()})
+        elif name != "values":
+            flat[name] = value
+    return flat
+
+
+def _frame(data: Any) -> Any:
+    """`data` (columns or rows) as a pandas DataFrame, or as it is without pandas."""
+    try:
+        import pandas  # type: ignore[import-untyped]
+    except ImportError:
+        return data
+    return pandas.DataFrame(data)
+
+
+def _image_body(images: Any) -> dict[str, Any]:
+    """The /predict request body for `images`: files as multipart uploads, arrays as JSON
+    pixels (a single image flat, a batch as a list of flat images, so the shape is plain)."""
+    many = isinstance(images, (list, tuple))
+    if all(_is_file_like(image) for image in (images if many else [images])):
+        files = [(IMAGE_FIELD, _upload(image)) for image in (images if many else [images])]
+        return {"files": files}
+    return {"json": {"pixels": _pixels(images)}}
+
+
+def _is_file_like(image: Any) -> bool:
+    return isinstance(image, (str, os.PathLike)) or _is_pil_image(image)
+
+
+def _is_pil_image(image: Any) -> bool:
+    # Without PIL imported, nothing can be a PIL image: no need to import it to ask.
+    if "PIL.Image" not in sys.modules:
+        return False
+    from PIL import Image
+
+    return isinstance(image, Image.Image)
+
+
+def _upload(image: Any) -> tuple[str, bytes, str]:
+    if _is_pil_image(image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return "image.png", buffer.getvalue(), "image/png"
+    path = Path(image)
+    return path.name, path.read_bytes(), mimetypes.guess_type(path.name)[0] or "image/png"
+
+
+def _pixels(images: Any) -> list[Any]:
+    import numpy as np
+
+    array = np.asarray(images)
+    if np.issubdtype(array.dtype, np.integer):
+        array = array / 255.0  # 8-bit grey levels, as images store them
+    size = IMAGE_SIDE * IMAGE_SIDE
+    shape = array.shape
+    if shape in ((size,), (IMAGE_SIDE, IMAGE_SIDE)):
+        flat: list[Any] = array.reshape(size).astype(float).tolist()
+        return flat
+    if len(shape) in (2, 3) and shape[1:] in ((size,), (IMAGE_SIDE, IMAGE_SIDE)):
+        batch: list[Any] = array.reshape(shape[0], size).astype(float).tolist()
+        return batch
+    raise ValueError(
+        f"images of shape {shape}: give 28x28 or 784 pixels, or a batch of either "
+        "(n x 28 x 28, n x 784), a PIL image or a file path"
+    )
 
 
 def describe(response: httpx.Response) -> str:
@@ -125,13 +628,13 @@ def parse_events(lines: Iterator[str]) -> Iterator[Event]:
             continue
         if line.startswith(":"):
             continue
-        field, _, value = line.partition(":")
+        field_name, _, value = line.partition(":")
         value = value.removeprefix(" ")
-        if field == "event":
+        if field_name == "event":
             name = value
-        elif field == "data":
+        elif field_name == "data":
             data.append(value)
-        elif field == "id":
+        elif field_name == "id":
             event_id = value
 
 
@@ -165,3 +668,15 @@ def follow(
         if failures > retries:
             raise error
         time.sleep(pause)
+
+
+__all__ = [
+    "ApiError",
+    "Client",
+    "Experiment",
+    "ExperimentCancelled",
+    "ExperimentFailed",
+    "Sweep",
+    "SweepFailed",
+    "Unreachable",
+]

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from bnlab.client import DEFAULT_URL, Client
+from bnlab.client import DEFAULT_URL, Experiment, raise_unless_succeeded
 from bnlab.commands.common import (
     Json,
     Token,
@@ -20,8 +20,8 @@ from bnlab.commands.common import (
     print_json,
     reports_errors,
 )
-from bnlab.commands.watch import updates, watch
-from bnlab.vocabulary import VARIANTS, Activation, Dataset, Queue, Status
+from bnlab.commands.watch import watch
+from bnlab.vocabulary import VARIANTS, Activation, Dataset, Queue, Status, Variant
 
 app = typer.Typer(help="Run and inspect paired experiments (plain vs bn).", no_args_is_help=True)
 
@@ -101,22 +101,22 @@ def run(
     # Options left out take the server's defaults (the study's).
     spec = {key: value for key, value in spec.items() if value is not None}
     with connect(url, token) as client:
-        experiment = client.post("/experiments", spec)
+        experiment = client.run(**spec)
         if not wait:
-            _say_queued(experiment, json)
+            _say_queued(experiment.info, json)
             return
         if json:
-            experiment = _wait_quietly(client, experiment["id"])
-            print_json(experiment)
+            finished = _wait_quietly(experiment)
+            print_json(finished)
         else:
             console.print(
-                f"experiment {experiment['id']} queued; following it (Ctrl-C stops "
+                f"experiment {experiment.id} queued; following it (Ctrl-C stops "
                 "following, not the experiment)"
             )
-            _say_notice(experiment)
-            experiment = watch(client, experiment, console)
-            _show_results(experiment)
-    _exit_unless_succeeded(experiment)
+            _say_notice(experiment.info)
+            finished = watch(experiment, console)
+            _show_results(finished)
+    raise_unless_succeeded(finished)
 
 
 def _say_queued(experiment: dict[str, Any], json: bool) -> None:
@@ -133,21 +133,11 @@ def _say_notice(experiment: dict[str, Any]) -> None:
         errors.print(f"note: {experiment['notice']}", markup=False)
 
 
-def _wait_quietly(client: Client, experiment_id: int) -> dict[str, Any]:
-    for update in updates(client, experiment_id):
+def _wait_quietly(experiment: Experiment) -> dict[str, Any]:
+    for update in experiment.updates():
         if update.finished is not None:
             return update.finished
     raise AssertionError("unreachable: updates() ends with the finished experiment")
-
-
-def _exit_unless_succeeded(experiment: dict[str, Any]) -> None:
-    if experiment["status"] == "succeeded":
-        return
-    reason = f": {experiment['error']}" if experiment.get("error") else ""
-    errors.print(
-        f"bnlab: experiment {experiment['id']} {experiment['status']}{reason}", markup=False
-    )
-    raise typer.Exit(1)
 
 
 @app.command("list")
@@ -258,10 +248,10 @@ def curve(
 ) -> None:
     """Validation accuracy (and training loss) of both variants per sample point."""
     with connect(url, token) as client:
-        series = client.get(f"/experiments/{experiment_id}/curve")["series"]
+        experiment = client.experiment(experiment_id)
+        series = experiment.series()
         if png is not None:
-            image = client.request("GET", f"/experiments/{experiment_id}/curve.png").content
-            png.write_bytes(image)
+            png.write_bytes(experiment.curve_png())
     if json:
         print_json({"series": series})
     else:
@@ -270,7 +260,7 @@ def curve(
         errors.print(f"wrote {png}", markup=False)
 
 
-def _show_curve(series: dict[str, Any]) -> None:
+def _show_curve(series: dict[Variant, dict[str, list[Any]]]) -> None:
     table = Table("step", "plain val acc", "bn val acc", "plain loss", "bn loss")
     # step -> (validation accuracy, training loss), per variant
     columns = {

@@ -1,6 +1,5 @@
 """`bnlab predict IMAGE` and `bnlab collapse ID`: asking a trained net, one image at a time."""
 
-import mimetypes
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,16 +43,11 @@ def predict(
     json: Json = False,
 ) -> None:
     """Classify one image with a trained net, BN using population or batch statistics."""
-    content_type = mimetypes.guess_type(image.name)[0] or "application/octet-stream"
     print_answer(
         url,
         token,
         json,
-        ask=lambda client: client.post(
-            "/predict",
-            params={"experiment_id": experiment, "variant": variant, "mode": mode},
-            files={"image": (image.name, image.read_bytes(), content_type)},
-        ),
+        ask=lambda client: client.experiment(experiment).predict(image, variant, mode),
         show=lambda answer: _show_prediction(answer, experiment, variant, mode),
     )
 
@@ -91,7 +85,7 @@ def collapse(
         url,
         token,
         json,
-        ask=lambda client: client.post(f"/experiments/{experiment_id}/collapse", params={"n": n}),
+        ask=lambda client: client.experiment(experiment_id).collapse(n),
         show=_show_collapse,
     )
 

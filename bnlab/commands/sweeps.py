@@ -1,14 +1,12 @@
 """`bnlab sweep run | report`: grids of experiments (the study's table in one request)."""
 
 import json
-import time
-from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from bnlab.client import DEFAULT_URL, ApiError, Client, StreamBroken, follow
+from bnlab.client import DEFAULT_URL, Sweep
 from bnlab.commands.common import (
     Json,
     Token,
@@ -22,9 +20,6 @@ from bnlab.commands.common import (
 from bnlab.vocabulary import TERMINAL, Preset
 
 app = typer.Typer(help="Run a grid of experiments and read its report.", no_args_is_help=True)
-
-POLL_SECONDS = 2.0
-
 
 # The report as text; its JSON is --json, as on every read command.
 TextFormat = Literal["md", "csv"]
@@ -68,33 +63,29 @@ def run(
     """
     if preset is None and not grid:
         raise typer.BadParameter("give --preset classic, or at least one --grid FIELD=V1,V2")
-    body: dict[str, Any] = {
-        "grid": {
-            name: [_value(value) for value in values.split(",")]
-            for name, values in map(_field, grid or [])
-        },
-        "base": {name: _value(value) for name, value in map(_field, set_ or [])},
+    grid_values = {
+        name: [_value(value) for value in values.split(",")]
+        for name, values in map(_field, grid or [])
     }
-    if preset is not None:
-        body["preset"] = preset
+    base = {name: _value(value) for name, value in map(_field, set_ or [])}
     with connect(url, token) as client:
-        sweep = client.post("/sweeps", body)
+        sweep = client.sweep(preset, grid_values, base)
         if not wait:
             if json:
-                print_json(sweep)
+                print_json(sweep.info)
             else:
-                console.print(f"sweep {sweep['id']} queued: {len(cells(sweep))} experiments")
+                console.print(f"sweep {sweep.id} queued: {len(sweep.info['cells'])} experiments")
             return
-        sweep = _follow(client, sweep, show=not json)
+        _follow(sweep, show=not json)
         if json:
-            print_json(sweep)
+            print_json(sweep.info)
         else:
             # Plain print: rich would wrap the Markdown table's long lines.
-            print(_report_text(client, sweep["id"], "md"), end="")
-    failed = [cell for cell in cells(sweep) if cell.get("status") != "succeeded"]
-    if failed or sweep.get("status", "succeeded") != "succeeded":
-        ids = ", ".join(str(cell.get("id")) for cell in failed)
-        errors.print(f"bnlab: sweep {sweep['id']}: not all succeeded ({ids})", markup=False)
+            print(_ending_in_newline(sweep.report_text("md")), end="")
+    failed = [cell for cell in sweep.info["cells"] if cell["status"] != "succeeded"]
+    if failed:
+        ids = ", ".join(str(cell["id"]) for cell in failed)
+        errors.print(f"bnlab: sweep {sweep.id}: not all succeeded ({ids})", markup=False)
         raise typer.Exit(1)
 
 
@@ -109,14 +100,14 @@ def report(
 ) -> None:
     """A sweep's report: each cell's outcome, plain vs bn."""
     with connect(url, token) as client:
+        sweep = client.existing_sweep(sweep_id)
         if json:
-            print_json(client.get(f"/sweeps/{sweep_id}/report"))
+            print_json(sweep.report_json())
         else:
-            print(_report_text(client, sweep_id, format), end="")
+            print(_ending_in_newline(sweep.report_text(format)), end="")
 
 
-def _report_text(client: Client, sweep_id: int, format: TextFormat) -> str:
-    text = client.request("GET", f"/sweeps/{sweep_id}/report", params={"format": format}).text
+def _ending_in_newline(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
@@ -135,56 +126,20 @@ def _value(text: str) -> Any:
         return text
 
 
-def cells(sweep: dict[str, Any]) -> list[dict[str, Any]]:
-    """A sweep's cells (its experiments), under whichever key the server keeps them."""
-    found = sweep.get("cells", sweep.get("experiments", []))
-    return found if isinstance(found, list) else []
-
-
-def finished(sweep: dict[str, Any]) -> bool:
-    if "status" in sweep:
-        return sweep["status"] in TERMINAL
-    return all(cell.get("status") in TERMINAL for cell in cells(sweep))
-
-
-def _follow(client: Client, sweep: dict[str, Any], show: bool) -> dict[str, Any]:
-    """Wait for the sweep to end, with a bar of finished cells; returns the sweep as it ended."""
+def _follow(sweep: Sweep, show: bool) -> None:
+    """Wait for the sweep to end, with a bar of finished cells; `sweep.info` is then as it
+    ended."""
     bar = Progress(
-        TextColumn(f"sweep {sweep['id']}"),
+        TextColumn(f"sweep {sweep.id}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("experiments finished"),
         console=console,
         disable=not show,
     )
-    task = bar.add_task("cells", total=len(cells(sweep)) or None)
+    task = bar.add_task("cells", total=len(sweep.info["cells"]) or None)
     with bar:
-        for state in _states(client, sweep["id"]):
-            done = sum(cell.get("status") in TERMINAL for cell in state.values())
+        for state in sweep.cell_states():
+            done = sum(cell["status"] in TERMINAL for cell in state.values())
             bar.update(task, completed=done, total=len(state) or None)
-    ended: dict[str, Any] = client.get(f"/sweeps/{sweep['id']}")
-    return ended
-
-
-def _states(client: Client, sweep_id: int) -> Iterator[dict[Any, dict[str, Any]]]:
-    """Each cell's latest state (by id) after every change: from /sweeps/{id}/events, or by
-    polling GET /sweeps/{id} where the stream cannot be had."""
-    state: dict[Any, dict[str, Any]] = {}
-    try:
-        for event in follow(client, f"/sweeps/{sweep_id}/events"):
-            if event.name == "cell" and isinstance(event.data, dict):
-                state[event.data.get("id")] = event.data
-                yield state
-        return
-    except StreamBroken:
-        pass
-    except ApiError:
-        # A server without sweep events (404 on the stream) is still followed by polling; a
-        # sweep that does not exist fails the GET below with the server's own words.
-        pass
-    while True:
-        sweep = client.get(f"/sweeps/{sweep_id}")
-        yield {cell.get("id"): cell for cell in cells(sweep)}
-        if finished(sweep):
-            return
-        time.sleep(POLL_SECONDS)
+    sweep.refresh()
