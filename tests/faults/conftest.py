@@ -16,7 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,40 +55,44 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, timeout: float = 30) -> None:
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            socket.create_connection((host, port), timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
 @dataclass
 class RedisServer:
-    """A redis-server of our own, without persistence: a restart loses everything in it."""
+    """A redis-server of our own, without persistence: a restart loses everything in it.
+    It listens on `host` only (another address of this machine for other network namespaces)."""
 
     folder: Path
+    host: str = "127.0.0.1"
     port: int = field(default_factory=_free_port)
     process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> None:
         with open(self.folder / "redis.log", "ab") as log:
             self.process = subprocess.Popen(
                 [
-                    *("redis-server", "--bind", "127.0.0.1", "--port", str(self.port)),
+                    *("redis-server", "--bind", self.host, "--port", str(self.port)),
                     *("--save", "", "--appendonly", "no", "--dir", str(self.folder)),
+                    # Off loopback it would refuse everyone: it has no password.
+                    *("--protected-mode", "yes" if self.host == "127.0.0.1" else "no"),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        _wait_for_port(self.port)
+        wait_for_port(self.port, self.host)
 
     def kill(self) -> None:
         """SIGKILL: what was queued in it is gone."""
@@ -110,10 +114,12 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @dataclass
 class PostgresServer:
-    """A PostgreSQL cluster of our own: trust authentication, superuser `postgres`."""
+    """A PostgreSQL cluster of our own: trust authentication, superuser `postgres`, listening
+    on `host` only (trusting the clients of that address's subnet when it is not loopback)."""
 
     bin: Path
     folder: Path
+    host: str = "127.0.0.1"
     port: int = field(default_factory=_free_port)
 
     def _run(self, *command: str) -> None:
@@ -125,9 +131,12 @@ class PostgresServer:
             str(self.bin / "initdb"),
             *("-D", str(self.folder / "data"), "-U", "postgres", "--auth=trust", "--no-sync"),
         )
+        if self.host != "127.0.0.1":
+            with open(self.folder / "data" / "pg_hba.conf", "a") as hba:
+                hba.write("host all all samenet trust\n")
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses={self.host} -c fsync=off"
         self._run(
             str(self.bin / "pg_ctl"),
             *("-D", str(self.folder / "data"), "-l", str(self.folder / "postgres.log")),
@@ -147,18 +156,19 @@ class PostgresServer:
         return self.url(name)
 
     def url(self, database: str) -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+psycopg2://postgres@{self.host}:{self.port}/{database}"
 
 
-@pytest.fixture(scope="session")
-def private_postgres() -> Iterator[PostgresServer]:
+@contextmanager
+def running_postgres(host: str = "127.0.0.1") -> Iterator[PostgresServer]:
+    """A fresh cluster listening on `host`, started, and removed at the end."""
     binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
     if not binaries:
         pytest.skip("PostgreSQL's server binaries are not under /usr/lib/postgresql/*/bin")
     folder = Path(tempfile.mkdtemp(prefix="bnlab-postgres-"))
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
-    server = PostgresServer(binaries[-1].parent, folder)
+    server = PostgresServer(binaries[-1].parent, folder, host)
     try:
         server.init()
         server.start()
@@ -166,6 +176,12 @@ def private_postgres() -> Iterator[PostgresServer]:
         server.stop("immediate")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
 
 
 @pytest.fixture(params=["embedded", "redis-postgres"])
@@ -353,7 +369,7 @@ def assert_handed_back(service: Service, experiment_id: int, spec: dict) -> int:
     assert 100 <= step < spec["training_batches"]
     every = spec["batches_per_sample"]
     assert curve_steps(service, experiment_id)["bn"] == list(range(0, step + 1, every))
-    state = service_settings(service).checkpoint_dir / f"experiment-{experiment_id}"
+    state = Path(service_settings(service).checkpoint_dir) / f"experiment-{experiment_id}"
     assert (state / "training-state.safetensors").is_file()
     return step
 
