@@ -487,10 +487,10 @@ class ProgressBar:
     def show(self, done: int, fields: dict[str, str] | None = None) -> None:
         if self._bar is None:
             return
-        self._bar.n = done
         if fields:
             self._bar.set_postfix(fields, refresh=False)
-        self._bar.refresh()
+        # update(), not a refresh per event: tqdm redraws at most every `mininterval` seconds.
+        self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
         if self._bar is not None:
