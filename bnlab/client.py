@@ -604,7 +604,7 @@ def describe(response: httpx.Response) -> str:
         detail = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
     text = f"{detail}" if detail else f"the server answered {response.status_code}"
     if response.status_code == 401:
-        text += " (set BNLAB_API_TOKEN or --token)"
+        text += " (set BNLAB_API_TOKEN, --token or Client(token=...))"
     return text
 
 

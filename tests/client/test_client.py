@@ -57,6 +57,24 @@ def test_wait_shows_a_progress_bar_and_returns_the_finished_experiment(
     assert "300/300" in bar and "bn=" in bar and "plain=" in bar
 
 
+def test_without_tqdm_wait_shows_no_bar(
+    client: Client, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # `from tqdm.auto import` now fails
+    experiment = client.run(**{**SMALL, "training_batches": 50}).wait()
+    assert experiment.status == "succeeded"
+    assert capsys.readouterr().err == ""
+
+
+def test_experiments_lists_them_newest_first(client: Client, succeeded: Experiment) -> None:
+    listed = client.experiments(status="succeeded")
+    assert succeeded.id in [experiment.id for experiment in listed]
+    assert [experiment.id for experiment in listed] == sorted(
+        (experiment.id for experiment in listed), reverse=True
+    )
+    assert all(experiment.status == "succeeded" for experiment in listed)
+
+
 def test_results_hold_both_nets_test_accuracies(succeeded: Experiment) -> None:
     for variant in ("plain", "bn"):
         assert 0 <= succeeded.results[variant]["test_accuracy"] <= 1
