@@ -194,7 +194,7 @@ class Client:
         cause = str(error) or type(error).__name__
         return (
             f"cannot reach the bnlab API at {self.url} ({cause}): is it running (`bnlab up`)? "
-            "Choose another server with --url or BNLAB_URL"
+            "Choose another server with BNLAB_URL (or --url, Client(url=...))"
         )
 
 
