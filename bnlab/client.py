@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 
@@ -198,32 +198,45 @@ class Client:
         )
 
 
-class Experiment:
-    """A handle on one experiment (a plain and a bn net trained side by side). `info` is the
-    experiment as the server last returned it; `status` and `results` ask again until it ends."""
+class Handle:
+    """What an experiment and a sweep handle share: `info`, the thing as the server last
+    returned it; `status`, asked again until it has ended; cancel."""
+
+    collection: str  # its URL's first part: "experiments" or "sweeps"
 
     def __init__(self, client: Client, info: dict[str, Any]):
         self.client = client
         self.info = info
         self.id: int = info["id"]
-        self.path = f"/experiments/{self.id}"
-
-    def __repr__(self) -> str:
-        return f"<Experiment {self.id}: {self.info['status']}>"
+        self.path = f"/{self.collection}/{self.id}"
 
     def refresh(self) -> dict[str, Any]:
-        """The experiment as the server has it now (also kept in `info`)."""
+        """It as the server has it now (also kept in `info`)."""
         self.info = self.client.get(self.path)
         return self.info
 
     def _current(self) -> dict[str, Any]:
-        # An ended experiment never changes again: no need to ask.
+        # Once ended it never changes again: no need to ask.
         return self.info if self.info["status"] in TERMINAL else self.refresh()
 
     @property
     def status(self) -> Status:
         status: Status = self._current()["status"]
         return status
+
+    def cancel(self) -> Self:
+        """Cancel it if queued; what is running stops at its next sample point."""
+        self.info = self.client.post(f"{self.path}/cancel")
+        return self
+
+
+class Experiment(Handle):
+    """A handle on one experiment: a plain and a bn net trained side by side."""
+
+    collection = "experiments"
+
+    def __repr__(self) -> str:
+        return f"<Experiment {self.id}: {self.info['status']}>"
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -236,11 +249,6 @@ class Experiment:
         steps_to_90, steps_to_95, diverged_at_step (None until known)."""
         results: dict[Variant, dict[str, Any]] = self._current()["results"]
         return results
-
-    def cancel(self) -> "Experiment":
-        """Cancel it if queued; a running one stops at its next sample point."""
-        self.info = self.client.post(f"{self.path}/cancel")
-        return self
 
     def wait(self, progress: bool = True) -> "Experiment":
         """Follow it to its end (a progress bar with `progress` and tqdm installed); raises
@@ -370,37 +378,18 @@ class Experiment:
         return collapse
 
 
-class Sweep:
+class Sweep(Handle):
     """A handle on one sweep: a grid of experiments (its cells), and its report."""
 
-    def __init__(self, client: Client, info: dict[str, Any]):
-        self.client = client
-        self.info = info
-        self.id: int = info["id"]
-        self.path = f"/sweeps/{self.id}"
+    collection = "sweeps"
 
     def __repr__(self) -> str:
         return f"<Sweep {self.id}: {self.info['status']}, {len(self.info['cells'])} cells>"
-
-    def refresh(self) -> dict[str, Any]:
-        self.info = self.client.get(self.path)
-        return self.info
-
-    @property
-    def status(self) -> Status:
-        info = self.info if self.info["status"] in TERMINAL else self.refresh()
-        status: Status = info["status"]
-        return status
 
     @property
     def experiments(self) -> list[Experiment]:
         """Its cells, as experiments."""
         return [self.client.experiment(cell["id"]) for cell in self.info["cells"]]
-
-    def cancel(self) -> "Sweep":
-        """Cancel every cell not yet finished."""
-        self.info = self.client.post(f"{self.path}/cancel")
-        return self
 
     def wait(self, progress: bool = True) -> "Sweep":
         """Follow it to its end (a bar of finished cells); raises SweepFailed, naming the cells
