@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bnlab.models.network import Architecture
 from bnlab.models.trainer import TrainingSpec
-from bnlab.vocabulary import Activation, Dataset, Queue
+from bnlab.vocabulary import STUDY_VARIANTS, VARIANTS, Activation, Dataset, Queue, Variant
 
 GOOD_WEIGHT_STD = 0.05
 BAD_WEIGHT_STD = 5.0
@@ -15,7 +15,8 @@ TRAINING_IMAGES = 60_000
 
 
 class ExperimentSpec(BaseModel):
-    """One paired experiment. The defaults are the study's."""
+    """One experiment: its variants side by side, from the same initial weights. The defaults
+    are the study's pair."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -58,6 +59,23 @@ class ExperimentSpec(BaseModel):
         max_length=3,
         description="Conv layers before the MLP head, e.g. [8, 16]; [] = MLP.",
     )
+    variants: list[Variant] = Field(
+        default=list(STUDY_VARIANTS),
+        min_length=1,
+        description=(
+            "The nets trained side by side from copies of the same initial weights, any of "
+            f"{', '.join(VARIANTS)}: no normalization; BN before each hidden activation; BN "
+            "after it; LayerNorm, resp. GroupNorm, before it."
+        ),
+    )
+    groups: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "group_norm's groups in every hidden layer and conv layer; it must divide each "
+            "width and channel count. Default: the most, up to 32, that divide them all."
+        ),
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     # The queue that trains it: cpu or gpu workers.
     device: Queue = "cpu"
@@ -76,7 +94,20 @@ class ExperimentSpec(BaseModel):
             raise ValueError("hidden_layers: each width must be between 1 and 4096")
         if not all(1 <= channels <= 256 for channels in self.conv_channels):
             raise ValueError("conv_channels: each count must be between 1 and 256")
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants: each at most once, not {self.variants}")
+        widths = [*self.conv_channels, *self.hidden_layers]
+        if self.groups is not None and any(width % self.groups for width in widths):
+            raise ValueError(
+                f"groups ({self.groups}) must divide every hidden width and conv channel count "
+                f"({', '.join(map(str, widths))}): try {self._default_groups()}"
+            )
         return self
+
+    def _default_groups(self) -> int:
+        return Architecture(
+            hidden_layers=tuple(self.hidden_layers), conv_channels=tuple(self.conv_channels)
+        ).norm_groups()
 
     @property
     def initial_std(self) -> float:
@@ -89,6 +120,7 @@ class ExperimentSpec(BaseModel):
             activation=self.activation,
             hidden_layers=tuple(self.hidden_layers),
             conv_channels=tuple(self.conv_channels),
+            groups=self.groups,
         )
 
     def training(self) -> TrainingSpec:

@@ -13,9 +13,16 @@ STATUSES: tuple[Status, ...] = get_args(Status)
 # An experiment in one of these has ended: nothing will change it again.
 TERMINAL: frozenset[Status] = frozenset({"succeeded", "failed", "cancelled"})
 
-# The two nets of the study: without normalization, and with BN before every hidden activation.
-Variant = Literal["plain", "bn"]
+# The kinds of net an experiment trains side by side, from copies of the same initial weights:
+# without normalization; BN before every hidden activation; BN after it; LayerNorm, resp.
+# GroupNorm, before it.
+Variant = Literal["plain", "bn", "bn_after", "layer_norm", "group_norm"]
 VARIANTS: tuple[Variant, ...] = get_args(Variant)
+# The study's pair: what an experiment trains unless it asks for other variants.
+STUDY_VARIANTS: tuple[Variant, ...] = ("plain", "bn")
+# The variants whose output for one image depends on the other images of its batch (BN's batch
+# statistics): only for these do the `population` and `batch` modes differ.
+BATCH_DEPENDENT: frozenset[Variant] = frozenset({"bn", "bn_after"})
 
 # Which statistics BN normalizes with at inference: the running (population) estimate, the
 # batch at hand's, or the population ones folded into the preceding layer.

@@ -21,7 +21,7 @@ from bnlab.commands.common import (
     reports_errors,
 )
 from bnlab.commands.watch import watch
-from bnlab.vocabulary import VARIANTS, Activation, Dataset, Queue, Status, Variant
+from bnlab.vocabulary import Activation, Dataset, Queue, Status, Variant
 
 app = typer.Typer(help="Run and inspect paired experiments (plain vs bn).", no_args_is_help=True)
 
@@ -221,8 +221,7 @@ def _show_results(experiment: dict[str, Any], titled: bool = True) -> None:
         "diverged at",
         title=title,
     )
-    for variant in VARIANTS:
-        results = experiment["results"][variant]
+    for variant, results in experiment["results"].items():
         table.add_row(
             variant,
             percent(results["final_val_accuracy"]),

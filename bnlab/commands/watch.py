@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from bnlab.client import ApiError, Experiment
 from bnlab.commands.common import number, percent
-from bnlab.vocabulary import VARIANTS, Variant
+from bnlab.vocabulary import Variant
 
 
 def watch(experiment: Experiment, console: Console) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def watch(experiment: Experiment, console: Console) -> dict[str, Any]:
     )
     tasks = {
         variant: bars.add_task(variant, total=total, speed="", eta="-", accuracy="-", state="")
-        for variant in VARIANTS
+        for variant in experiment.info["results"]  # the variants it trains
     }
     with bars:
         for update in experiment.updates():

@@ -54,18 +54,23 @@ from bnlab.models.data import to_inputs
 from bnlab.models.network import NetStack
 
 WRITTEN_OUT = ("relu", "sigmoid", "tanh", "leaky_relu", "elu")
+# The study's pair. The other variants train through autograd: traced, it already runs them
+# faster than the loop a user would write (bench/variants.py), so a second written-out
+# derivative of BN after the activation, LayerNorm and GroupNorm would buy little.
+WRITTEN_OUT_VARIANTS = ("plain", "bn")
 
 
 def applies(stack: NetStack) -> bool:
-    """The written-out step covers MLPs on the CPU with torch's BN kernel; conv nets and the
-    written-out BN (the reference implementation) train through autograd. So do nets on a GPU:
-    there the captured CUDA graph already takes the per-op cost away (`graphs`), and on an H200
-    this step, though faster still (3,570 against 2,708 pair steps/s), failed two of
-    tests/models/test_cuda.py's checks, not yet understood."""
-    no_bn_or_torch_bn = not stack.has_bn or stack.bn_impl == "torch"
+    """The written-out step covers `plain` and `bn` MLPs on the CPU with torch's BN kernel; the
+    other variants, conv nets and the written-out BN (the reference implementation) train
+    through autograd. So do nets on a GPU: there the captured CUDA graph already takes the
+    per-op cost away (`graphs`), and on an H200 this step, though faster still (3,570 against
+    2,708 pair steps/s), failed two of tests/models/test_cuda.py's checks, not yet
+    understood."""
+    no_bn_or_torch_bn = stack.variant == "plain" or stack.bn_impl == "torch"
     on_cpu = stack.output_bias.device.type == "cpu"
     mlp = not stack.arch.conv_channels and stack.arch.activation in WRITTEN_OUT
-    return on_cpu and mlp and no_bn_or_torch_bn
+    return stack.variant in WRITTEN_OUT_VARIANTS and on_cpu and mlp and no_bn_or_torch_bn
 
 
 class WrittenOutStep:

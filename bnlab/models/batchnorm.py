@@ -1,4 +1,4 @@
-r"""Batch normalization, written out.
+r"""Batch normalization, written out; and LayerNorm and GroupNorm, which do not need the batch.
 
 For a mini-batch of pre-activations :math:`x`, training does, per feature,
 
@@ -29,6 +29,7 @@ and :math:`\beta = 0` at the start.
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 EPSILON = 1e-3
@@ -116,3 +117,37 @@ def _inverse(order: list[int]) -> list[int]:
     for position, dim in enumerate(order):
         inverse[dim] = position
     return inverse
+
+
+class GroupNorm(nn.Module):
+    r"""LayerNorm and GroupNorm: statistics of each example on its own, never of the batch.
+
+    The ``channels`` features of an example (or its feature maps, all their positions) fall into
+    ``groups`` consecutive groups of equal size :math:`n`; each value is normalized by its group's
+    mean and biased variance in that example, then scaled and shifted per feature:
+
+    .. math::
+
+        \mu_g = \frac{1}{n}\sum_{j \in g} x_j \qquad
+        \sigma_g^2 = \frac{1}{n}\sum_{j \in g} (x_j - \mu_g)^2 \qquad
+        y_j = \gamma_j \frac{x_j - \mu_g}{\sqrt{\sigma_g^2 + \epsilon}} + \beta_j
+
+    One group is LayerNorm (``nn.LayerNorm(C)`` for features; for feature maps the statistics of
+    ``nn.LayerNorm([C, H, W])`` with a gamma and beta per map, i.e. ``nn.GroupNorm(1, C)``);
+    ``groups`` = C/n is ``nn.GroupNorm(groups, C)``. Training and inference compute the same
+    thing, so the mode of inference changes nothing; :math:`\epsilon` is BN's, so the variants
+    differ in what they normalize over, not in how hard. ``nets`` stacked nets are ``nets``
+    times as many groups over ``nets * channels`` features: torch's kernel then keeps each net's
+    groups apart. The input is laid out (batch, nets * channels, *).
+    """
+
+    def __init__(self, nets: int, channels: int, groups: int) -> None:
+        super().__init__()
+        if channels % groups:
+            raise ValueError(f"{channels} features do not fall into {groups} equal groups")
+        self.groups = nets * groups
+        self.gamma = nn.Parameter(torch.ones(nets * channels))
+        self.beta = nn.Parameter(torch.zeros(nets * channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.group_norm(x, self.groups, self.gamma, self.beta, EPSILON)

@@ -35,7 +35,9 @@ def save_net(
     path: Path, tensors: dict[str, Tensor], *, variant: str, arch: Architecture, **meta: Any
 ) -> tuple[str, int]:
     """Write one net; returns the file's sha256 and size. `meta`: spec, step, dataset, ..."""
-    header = {"variant": variant, "architecture": asdict(arch), "preprocessing": PREPROCESSING}
+    # Fields left at None (groups) are left out: the study's nets' checkpoints read as before.
+    described = {name: value for name, value in asdict(arch).items() if value is not None}
+    header = {"variant": variant, "architecture": described, "preprocessing": PREPROCESSING}
     return _write(path, tensors, NET_FORMAT, {**header, **meta})
 
 
@@ -48,6 +50,7 @@ def load_net(path: Path, bn_impl: BNImpl = "bnlab") -> tuple[NetStack, dict[str,
             activation=arch_fields["activation"],
             hidden_layers=tuple(arch_fields["hidden_layers"]),
             conv_channels=tuple(arch_fields["conv_channels"]),
+            groups=arch_fields.get("groups"),  # absent from checkpoints older than group_norm
         )
         variant = meta["variant"]
         if variant not in VARIANTS:

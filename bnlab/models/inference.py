@@ -7,7 +7,12 @@
 - ``fused``: ``population`` with BN folded into the preceding layer's weight and bias, so serving
   runs a plain net.
 
-A `plain` net has no BN and ignores the mode; `Prediction.mode_applies` says so.
+Only the variants whose output depends on the batch (`bn`, `bn_after`) have modes: the others
+(`plain`, `layer_norm`, `group_norm`) answer the same in every mode, and
+`Prediction.mode_applies` says so. ``fused`` folds a `bn` net's BN into the layer before it; a
+`bn_after` net's BN sits after the activation, with nothing linear right before it to fold into
+(and zero padding and max-pooling between it and the next conv), so ``fused`` serves it as
+``population``, which it equals.
 """
 
 from dataclasses import dataclass
@@ -26,14 +31,14 @@ class Prediction:
     classes: list[int]
     probabilities: list[list[float]]
     mode: Mode
-    mode_applies: bool  # False for a plain net: it has no BN, every mode is the same
+    mode_applies: bool  # False where no BN depends on the batch: every mode is the same
 
 
 @torch.no_grad()
 def logits(stack: NetStack, images: Tensor, mode: Mode) -> Tensor:
     """Logits (net, image, class) for uint8 or [0, 1] float images (N, 28, 28)."""
     inputs = to_inputs(images) if images.dtype == torch.uint8 else images
-    if mode == "fused" and stack.has_bn:
+    if mode == "fused" and stack.variant == "bn":
         stack = fuse(stack)
     result: Tensor = stack(inputs, "batch" if mode == "batch" else "population")
     return result
@@ -45,11 +50,12 @@ class ServedNet:
     def __init__(self, stack: NetStack) -> None:
         assert stack.size == 1, "a served net is a stack of one"
         self.stack = stack.eval()
-        self.fused = fuse(stack) if stack.has_bn else self.stack
+        self.fused = fuse(stack) if stack.variant == "bn" else self.stack
 
     @property
-    def has_bn(self) -> bool:
-        return self.stack.has_bn
+    def mode_applies(self) -> bool:
+        """Whether the mode changes this net's answers: only where they depend on the batch."""
+        return self.stack.depends_on_batch
 
     def predict(self, images: Tensor, mode: Mode) -> Prediction:
         """Predictions for a batch of images (N, 28, 28)."""
@@ -59,7 +65,7 @@ class ServedNet:
             classes=probabilities.argmax(dim=1).tolist(),
             probabilities=probabilities.tolist(),
             mode=mode,
-            mode_applies=self.has_bn,
+            mode_applies=self.mode_applies,
         )
 
 

@@ -5,13 +5,17 @@ one batched kernel computes them all. A trainer's lane holds its cells' nets of 
 stack (on the CPU an MLP's training step then takes each net as a stack of one of its own, see
 `backprop`); a single net for serving is a stack of one.
 
-Hidden layer of a `plain` net:  h = act(h @ W + b), b zero at start.
-Hidden layer of a `bn` net:     h = act(BN(h @ W)), no bias (BN's beta takes its place).
-Output layer of both:           logits = h @ W + b, no BN.
+Hidden layer of a `plain` net:       h = act(h @ W + b), b zero at start.
+Hidden layer of a `bn` net:          h = act(BN(h @ W)), no bias (BN's beta takes its place).
+Hidden layer of a `bn_after` net:    h = BN(act(h @ W + b)).
+Hidden layer of a `layer_norm` net:  h = act(LN(h @ W)), no bias.
+Hidden layer of a `group_norm` net:  h = act(GN(h @ W)), no bias; `Architecture.norm_groups`.
+Output layer of all:                 logits = h @ W + b, no normalization.
 
-With `conv` set, two convolutions (5x5, same padding, each followed by BN or bias, the
-activation and 2x2 max-pooling) come first; their BN keeps statistics per feature map. The nets
-of a stack run as the groups of one grouped convolution.
+With `conv` set, convolutions (5x5, same padding, each followed by its normalization or bias,
+the activation and 2x2 max-pooling) come first; their BN keeps statistics per feature map, their
+LN/GN normalize each image's maps (see `batchnorm.GroupNorm`). The nets of a stack run as the
+groups of one grouped convolution.
 """
 
 from collections.abc import Callable, Sequence
@@ -22,11 +26,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnlab.models.batchnorm import BatchNorm, BNImpl, BNMode
-from bnlab.vocabulary import Activation, Variant
+from bnlab.models.batchnorm import BatchNorm, BNImpl, BNMode, GroupNorm
+from bnlab.vocabulary import BATCH_DEPENDENT, Activation, Variant
 
 IMAGE_SIDE = 28
 CONV_KERNEL = 5
+# GroupNorm's default: Wu & He's 32 groups, or the largest count below that every width divides.
+MOST_GROUPS = 32
+BIASED: frozenset[Variant] = frozenset({"plain", "bn_after"})  # hidden layers with a bias
+NORMALIZED_FIRST: frozenset[Variant] = frozenset({"bn", "layer_norm", "group_norm"})
+# What a net's checkpoint calls a normalization's tensors: "<prefix>.<layer>.<name>".
+_STATE_NAMES: dict[type[nn.Module], tuple[str, tuple[str, ...]]] = {
+    BatchNorm: ("bn", ("gamma", "beta", "running_mean", "running_var")),
+    GroupNorm: ("norm", ("gamma", "beta")),
+}
 
 ACTIVATION_FUNCTIONS: dict[Activation, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
@@ -39,11 +52,21 @@ ACTIVATION_FUNCTIONS: dict[Activation, Callable[[Tensor], Tensor]] = {
 
 @dataclass(frozen=True)
 class Architecture:
-    """What a net looks like: conv channels (none for the MLP), hidden widths, activation."""
+    """What a net looks like: conv channels (none for the MLP), hidden widths, activation, and
+    the groups of a `group_norm` net's every layer (None: `norm_groups`' default)."""
 
     activation: Activation = "relu"
     hidden_layers: tuple[int, ...] = (100, 100, 100)
     conv_channels: tuple[int, ...] = ()
+    groups: int | None = None
+
+    def norm_groups(self) -> int:
+        """GroupNorm's groups per layer: as given, else the most, up to `MOST_GROUPS`, that
+        divide every hidden width and conv channel count (100 features: 25 groups of 4)."""
+        if self.groups is not None:
+            return self.groups
+        widths = (*self.conv_channels, *self.hidden_layers)
+        return max(g for g in range(1, MOST_GROUPS + 1) if all(w % g == 0 for w in widths))
 
     def weight_shapes(self) -> list[tuple[int, ...]]:
         """Shapes of the initial weights: conv kernels (out, in, k, k), then linear (out, in)."""
@@ -88,46 +111,72 @@ class NetStack(nn.Module):
         self.weights = nn.ParameterList(
             nn.Parameter(torch.stack([w[i] for w in weights]).clone()) for i in range(n_layers)
         )
-        self.biases = nn.ParameterList()  # plain: hidden biases, zero at start
-        self.norms = nn.ModuleList()  # bn: a BN layer per hidden layer
+        self.biases = nn.ParameterList()  # plain, bn_after: hidden biases, zero at start
+        self.norms = nn.ModuleList()  # the others: a normalization per hidden layer
         for i, shape in enumerate(arch.weight_shapes()[:-1]):
             conv = i < len(arch.conv_channels)
-            width = self.size * shape[0] if conv else shape[0]
-            if variant == "plain":
-                self.biases.append(
-                    nn.Parameter(torch.zeros((width,) if conv else (self.size, 1, width)))
-                )
-            elif conv:
-                self.norms.append(BatchNorm((1, width, 1, 1), (0, 2, 3), bn_impl))
-            else:
-                self.norms.append(BatchNorm((self.size, 1, width), (1,), bn_impl))
+            if variant in BIASED:
+                shape_of_bias = (self.size * shape[0],) if conv else (self.size, 1, shape[0])
+                self.biases.append(nn.Parameter(torch.zeros(shape_of_bias)))
+            if variant != "plain":
+                self.norms.append(self._norm(shape[0], conv))
         self.output_bias = nn.Parameter(torch.zeros(self.size, 1, 10))
 
+    def _norm(self, width: int, conv: bool) -> nn.Module:
+        """The normalization of a hidden layer `width` features (or feature maps) wide."""
+        if self.variant == "layer_norm":
+            return GroupNorm(self.size, width, 1)
+        if self.variant == "group_norm":
+            return GroupNorm(self.size, width, self.arch.norm_groups())
+        if conv:
+            return BatchNorm((1, self.size * width, 1, 1), (0, 2, 3), self.bn_impl)
+        return BatchNorm((self.size, 1, width), (1,), self.bn_impl)
+
     @property
-    def has_bn(self) -> bool:
-        return self.variant == "bn"
+    def depends_on_batch(self) -> bool:
+        """Whether a net's output for an image depends on the batch it comes in (BN's)."""
+        return self.variant in BATCH_DEPENDENT
 
     @property
     def batch_norms(self) -> list[BatchNorm]:
-        """The BN layers (`norms`, typed), one per hidden layer of a `bn` net."""
+        """The BN layers (`norms`, typed), one per hidden layer of a `bn` or `bn_after` net."""
         return [norm for norm in self.norms if isinstance(norm, BatchNorm)]
 
     def forward(
         self, images: Tensor, mode: BNMode, pre_activations: list[Tensor] | None = None
     ) -> Tensor:
         """Logits; `pre_activations`, if given, receives each hidden layer's input to its
-        nonlinearity (after BN, or after the bias), as `probes` reads them."""
+        nonlinearity (after a normalization before it, or after the bias), as `probes` reads
+        them."""
         n_conv = len(self.arch.conv_channels)
         h = self._conv_features(images, mode, pre_activations) if n_conv else images.flatten(1)
         for i in range(n_conv, len(self.weights) - 1):
-            if self.has_bn:
-                z = self.norms[i](self._linear(h, i), mode)
-            else:
-                z = self._linear(h, i, self.biases[i])
-            if pre_activations is not None:
-                pre_activations.append(z)
-            h = self.act(z)
+            z = self._linear(h, i, self.biases[i] if self.variant in BIASED else None)
+            h = self._activate(z, i, mode, pre_activations)
         return self._linear(h, len(self.weights) - 1, self.output_bias)
+
+    def _activate(
+        self, z: Tensor, layer: int, mode: BNMode, pre_activations: list[Tensor] | None
+    ) -> Tensor:
+        """A hidden layer past its linear part: normalization, activation, in the variant's
+        order. `z` is (net, batch, feature), or (batch, net * channel, height, width)."""
+        if self.variant in NORMALIZED_FIRST:
+            z = self._normalize(z, layer, mode)
+        if pre_activations is not None:
+            pre_activations.append(z)
+        h = self.act(z)
+        return self._normalize(h, layer, mode) if self.variant == "bn_after" else h
+
+    def _normalize(self, x: Tensor, layer: int, mode: BNMode) -> Tensor:
+        norm = self.norms[layer]
+        y: Tensor
+        if isinstance(norm, BatchNorm):
+            y = norm(x, mode)
+        elif x.dim() == 4:  # feature maps: already (batch, net * channel, ...)
+            y = norm(x)
+        else:  # (net, batch, feature) -> (batch, net * feature) and back: views for a lone net
+            y = norm(x.transpose(0, 1).flatten(1)).view(x.shape[1], self.size, -1).transpose(0, 1)
+        return y
 
     def _linear(self, h: Tensor, layer: int, bias: Tensor | None = None) -> Tensor:
         weight = self.weights[layer]  # (net, out, in), as nn.Linear keeps it: the faster GEMMs
@@ -151,13 +200,9 @@ class NetStack(nn.Module):
         h = images.unsqueeze(1).expand(-1, self.size, -1, -1)
         for i in range(len(self.arch.conv_channels)):
             kernel = self.weights[i].flatten(0, 1)
-            if self.has_bn:
-                z = self.norms[i](F.conv2d(h, kernel, padding="same", groups=self.size), mode)
-            else:
-                z = F.conv2d(h, kernel, self.biases[i], padding="same", groups=self.size)
-            if pre_activations is not None:
-                pre_activations.append(z)
-            h = F.max_pool2d(self.act(z), 2)
+            bias = self.biases[i] if self.variant in BIASED else None
+            z = F.conv2d(h, kernel, bias, padding="same", groups=self.size)
+            h = F.max_pool2d(self._activate(z, i, mode, pre_activations), 2)
         return h.flatten(2).view(h.shape[0], self.size, -1).transpose(0, 1)
 
     def net_state(self, index: int) -> dict[str, Tensor]:
@@ -177,16 +222,15 @@ class NetStack(nn.Module):
             tensor.copy_(state[name])
 
     def _per_net_tensors(self, index: int) -> dict[str, Tensor]:
-        # Views into the stacked biases or BN tensors that belong to net `index`.
-        if not self.has_bn:
-            return {f"bias.{i}": b.view(self.size, -1)[index] for i, b in enumerate(self.biases)}
-        tensors = {
-            f"bn.{i}.{name}": getattr(norm, name).view(self.size, -1)[index]
-            for i, norm in enumerate(self.norms)
-            for name in ("gamma", "beta", "running_mean", "running_var")
-        }
+        # Views into the stacked biases and normalization tensors that belong to net `index`:
+        # "bias.<layer>", "bn.<layer>.<name>" (BN) or "norm.<layer>.<name>" (LN, GN).
+        tensors = {f"bias.{i}": b.view(self.size, -1)[index] for i, b in enumerate(self.biases)}
         for i, norm in enumerate(self.norms):
-            tensors[f"bn.{i}.num_batches_tracked"] = norm.num_batches_tracked
+            prefix, names = _STATE_NAMES[type(norm)]
+            for name in names:
+                tensors[f"{prefix}.{i}.{name}"] = getattr(norm, name).view(self.size, -1)[index]
+        for i, bn in enumerate(self.batch_norms):  # every norm of a net that has BN is BN
+            tensors[f"bn.{i}.num_batches_tracked"] = bn.num_batches_tracked
         return tensors
 
     @classmethod

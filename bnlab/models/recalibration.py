@@ -34,8 +34,8 @@ from bnlab.models.network import NetStack
 def recalibrate(stack: NetStack, train: Split, batch_size: int = 1000) -> NetStack:
     """A copy of the `bn` nets in `stack` with their BN population statistics measured over the
     `train` images; `batch_size` only bounds memory, the result does not depend on it."""
-    if not stack.has_bn:
-        raise ValueError("a plain net has no BN statistics to recalibrate")
+    if not stack.batch_norms:
+        raise ValueError(f"a {stack.variant} net has no BN statistics to recalibrate")
     if len(train) < 2:
         raise ValueError("recalibration needs at least two training images")
     recalibrated = copy.deepcopy(stack)

@@ -1,18 +1,19 @@
 """The trainer: the cells of a group, stepping in lockstep on one reproducible batch sequence.
 
-A *cell* is one experiment of the study: a `plain` and a `bn` net from copies of the same
-initial weights, with its own learning rate. A lone experiment is a group of one cell; a sweep
+A *cell* is one experiment of the study: a net of each of the trainer's variants (the study's
+`plain` and `bn` by default), all from copies of the same initial weights, with its own learning
+rate. A lone experiment is a group of one cell; a sweep
 trains up to 16 cells that share an architecture, a batch order (seed, batch size) and a
 schedule (training batches, sample interval) as one group, so each step costs one pass over the
 batch for all of them.
 
 Nets train in *lanes*: a lane is one `NetStack` holding every cell's net of one variant, stepped
-by one thread; the `plain` and the `bn` lane run in parallel, one core each, and meet at every
-sample point.
+by one thread; the lanes run in parallel, sharing the cores, and meet at every sample point.
 
 Plain SGD: each net's loss is weighted by its own learning rate and torch's SGD steps with lr 1,
 the same update with one optimizer for a whole stack. MLPs with torch's BN kernel (the default)
-take that step written out (`backprop`): the same numbers, without autograd's bookkeeping.
+take that step written out (`backprop`, `plain` and `bn` nets): the same numbers, without
+autograd's bookkeeping.
 
 Every `batches_per_sample` steps (and at step 0, before any training) the trainer reports each
 net's validation accuracy with population statistics and its mean training loss since the last
@@ -41,7 +42,7 @@ from bnlab.models.graphs import GraphedStep
 from bnlab.models.inference import accuracy
 from bnlab.models.network import Architecture, NetStack, initial_weights
 from bnlab.models.probes import PROBE_SIZE, LayerStats, layer_stats, weight_grad_norms
-from bnlab.vocabulary import VARIANTS, Variant
+from bnlab.vocabulary import STUDY_VARIANTS, Variant
 
 T = TypeVar("T")
 
@@ -64,8 +65,8 @@ SHARED_FIELDS = ("training_batches", "batches_per_sample", "batch_size", "seed")
 
 @dataclass(frozen=True)
 class Cell:
-    """One experiment: its `plain` and `bn` nets, from copies of the same initial weights. `name`
-    is whatever the caller names it by (the worker uses the experiment id)."""
+    """One experiment: a net per variant of its trainer, from copies of the same initial weights.
+    `name` is whatever the caller names it by (the worker uses the experiment id)."""
 
     name: str
     spec: TrainingSpec
@@ -482,11 +483,15 @@ def build_trainer(
     splits: Splits,
     device: torch.device,
     bn_impl: BNImpl = "bnlab",
+    variants: Sequence[Variant] = STUDY_VARIANTS,
 ) -> Trainer:
-    """A `plain` lane and a `bn` lane holding every cell's net of that variant; each cell's pair
-    starts from copies of the same initial weights (drawn from its weight_std and seed)."""
+    """A lane per variant holding every cell's net of that variant; each cell's nets start from
+    copies of the same initial weights (drawn from its weight_std and seed) and step on the same
+    batch sequence."""
     if not cells:
         raise ValueError("a trainer needs at least one cell")
+    if not variants or len(set(variants)) != len(variants):
+        raise ValueError(f"a trainer needs distinct variants, at least one: not {variants}")
     schedule = cells[0].spec
     for cell in cells:
         differing = [f for f in SHARED_FIELDS if getattr(cell.spec, f) != getattr(schedule, f)]
@@ -504,7 +509,7 @@ def build_trainer(
             train,
             schedule,
         )
-        for variant in VARIANTS
+        for variant in variants
     ]
     return Trainer(lanes, splits.validation.to(device), schedule)
 

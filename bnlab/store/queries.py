@@ -17,7 +17,7 @@ from bnlab.store.tables import (
     Worker,
     utc_now,
 )
-from bnlab.vocabulary import QUEUES, STATUSES, VARIANTS, Queue, Status, Variant
+from bnlab.vocabulary import QUEUES, STATUSES, STUDY_VARIANTS, Queue, Status, Variant
 
 
 def create_experiment(
@@ -29,8 +29,8 @@ def create_experiment(
     idempotency_key: str | None = None,
     sweep_id: int | None = None,
 ) -> Experiment:
-    """A queued experiment with one run per variant. A key used before fails the flush with
-    IntegrityError (the column is unique)."""
+    """A queued experiment with one run per variant of its spec. A key used before fails the
+    flush with IntegrityError (the column is unique)."""
     experiment = Experiment(
         status="queued",
         queue=queue,
@@ -38,7 +38,7 @@ def create_experiment(
         progress_total=total_steps,
         idempotency_key=idempotency_key,
         sweep_id=sweep_id,
-        runs=[Run(variant=variant) for variant in VARIANTS],
+        runs=[Run(variant=variant) for variant in spec.get("variants", STUDY_VARIANTS)],
     )
     session.add(experiment)
     session.flush()
@@ -67,6 +67,12 @@ def run_of(experiment: Experiment, variant: Variant) -> Run:
     return next(run for run in experiment.runs if run.variant == variant)
 
 
+def variants_of(session: Session, experiment_id: int) -> list[Variant]:
+    """The variants an experiment trains, in the order of its spec."""
+    query = select(Run.variant).where(Run.experiment_id == experiment_id).order_by(Run.id)
+    return list(session.scalars(query))
+
+
 def curve(session: Session, experiment_id: int) -> dict[Variant, list[CurvePoint]]:
     """Curve points per variant, in step order."""
     query = (
@@ -75,7 +81,7 @@ def curve(session: Session, experiment_id: int) -> dict[Variant, list[CurvePoint
         .where(Run.experiment_id == experiment_id)
         .order_by(CurvePoint.step)
     )
-    points: dict[Variant, list[CurvePoint]] = {variant: [] for variant in VARIANTS}
+    points: dict[Variant, list[CurvePoint]] = {v: [] for v in variants_of(session, experiment_id)}
     for variant, point in session.execute(query):
         points[variant].append(point)
     return points
@@ -121,7 +127,7 @@ def layer_stats(session: Session, experiment_id: int) -> dict[Variant, list[Laye
         .where(Run.experiment_id == experiment_id)
         .order_by(LayerStat.layer, LayerStat.step)
     )
-    rows: dict[Variant, list[LayerStat]] = {variant: [] for variant in VARIANTS}
+    rows: dict[Variant, list[LayerStat]] = {v: [] for v in variants_of(session, experiment_id)}
     for variant, row in session.execute(query):
         rows[variant].append(row)
     return rows
@@ -280,7 +286,8 @@ def list_sweeps(session: Session, limit: int, offset: int) -> tuple[Sequence[Swe
 
 
 def sweep_curves(session: Session, sweep_id: int) -> dict[int, dict[Variant, list[CurvePoint]]]:
-    """Curve points per cell (experiment id) and variant, in step order: one query."""
+    """Curve points per cell (experiment id) and variant, in step order: one query for the
+    points, one per cell for its variants."""
     query = (
         select(Run.experiment_id, Run.variant, CurvePoint)
         .join(CurvePoint.run)
@@ -290,6 +297,7 @@ def sweep_curves(session: Session, sweep_id: int) -> dict[int, dict[Variant, lis
     )
     curves: dict[int, dict[Variant, list[CurvePoint]]] = {}
     for experiment_id, variant, point in session.execute(query):
-        cell = curves.setdefault(experiment_id, {v: [] for v in VARIANTS})
-        cell[variant].append(point)
+        if experiment_id not in curves:
+            curves[experiment_id] = {v: [] for v in variants_of(session, experiment_id)}
+        curves[experiment_id][variant].append(point)
     return curves

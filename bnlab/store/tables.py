@@ -125,7 +125,7 @@ class Run(Base):
     experiment_id: Mapped[int] = mapped_column(
         ForeignKey("experiments.id", ondelete="CASCADE"), index=True
     )
-    variant: Mapped[Variant] = mapped_column(String(8))
+    variant: Mapped[Variant] = mapped_column(String(16))
     final_val_accuracy: Mapped[float | None] = mapped_column(Float)
     test_accuracy: Mapped[float | None] = mapped_column(Float)
     test_accuracy_batch_stats: Mapped[float | None] = mapped_column(Float)

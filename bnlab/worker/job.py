@@ -45,7 +45,7 @@ from bnlab.store.leases import Lease, LeaseLost
 from bnlab.store.retry import in_transaction, is_transient
 from bnlab.store.tables import Experiment, utc_now
 from bnlab.sweeps import stack_key
-from bnlab.vocabulary import VARIANTS, Queue, Variant
+from bnlab.vocabulary import Queue, Variant
 from bnlab.worker.layer_rows import layer_rows
 from bnlab.worker.lease import LeaseKeeper
 
@@ -193,11 +193,11 @@ class CellRecorder:
     def finish(
         self, trainer: Trainer, test_accuracies: Mapping[Variant, tuple[float, float]]
     ) -> None:
-        """Trained to the end: checkpoints of both nets, results, `succeeded`.
+        """Trained to the end: checkpoints of its nets, results, `succeeded`.
         `test_accuracies`: with population and with batch statistics, per net still training."""
         # A stale job must not even write the files: check the lease right before.
         self._write(lambda session: None)
-        saved = {variant: self._save_net(trainer, variant) for variant in VARIANTS}
+        saved = {variant: self._save_net(trainer, variant) for variant in self.spec.variants}
         self._write(
             lambda session: self._record_results(session, trainer.step, test_accuracies, saved)
         )
@@ -331,7 +331,9 @@ class TrainingJob:
             spec.dataset, self.settings.data_dir, self.settings.download, spec.validation_size
         )
         cells = [Cell(cell.name, cell.spec.training()) for cell in self.cells]
-        trainer = build_trainer(spec.architecture(), cells, splits, device, self.settings.bn_impl)
+        trainer = build_trainer(
+            spec.architecture(), cells, splits, device, self.settings.bn_impl, spec.variants
+        )
         if len(cells) > 1:
             log.info("%s: %d cells train as one batched model", self._called(), len(cells))
         self._resume(trainer)

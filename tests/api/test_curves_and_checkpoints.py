@@ -155,8 +155,11 @@ def test_download_and_predict_refuse_a_damaged_checkpoint_alike(
     assert said in download.json()["detail"]
 
 
-def test_checkpoint_variant_must_be_plain_or_bn(client: TestClient, session: Session) -> None:
+def test_checkpoint_variant_must_be_one_of_the_variants(
+    client: TestClient, session: Session
+) -> None:
     experiment = add_experiment(session, status="succeeded")
     response = client.get(f"/experiments/{experiment.id}/checkpoints/relu")
     assert response.status_code == 422
-    assert "'plain' or 'bn'" in response.json()["detail"][0]["msg"]
+    valid = "'plain', 'bn', 'bn_after', 'layer_norm' or 'group_norm'"
+    assert valid in response.json()["detail"][0]["msg"]

@@ -13,6 +13,7 @@ from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.db import make_engine
 from bnlab.store.tables import Worker, utc_now
+from bnlab.vocabulary import VARIANTS
 from tests.api.conftest import make_settings
 
 
@@ -110,7 +111,7 @@ def test_every_request_body_has_an_example(client: TestClient) -> None:
     assert set(predict) == {"application/json", "multipart/form-data"}
     parameters = {p["name"]: p for p in document["paths"]["/predict"]["post"]["parameters"]}
     assert parameters["experiment_id"]["required"] is True
-    assert parameters["variant"]["schema"]["enum"] == ["plain", "bn"]
+    assert parameters["variant"]["schema"]["enum"] == list(VARIANTS)
     assert parameters["mode"]["schema"]["enum"] == ["population", "batch", "fused"]
 
 

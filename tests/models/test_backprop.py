@@ -8,7 +8,7 @@ from bnlab.models import backprop
 from bnlab.models.data import Splits
 from bnlab.models.network import Architecture, NetStack, initial_weights
 from bnlab.models.trainer import Cell, NetSample, Sample, Trainer, TrainingSpec, build_trainer
-from bnlab.vocabulary import ACTIVATIONS, VARIANTS, Variant
+from bnlab.vocabulary import ACTIVATIONS, STUDY_VARIANTS, Variant
 from tests.models.conftest import CPU
 
 RATES = (0.02, 0.05, 0.1)
@@ -43,7 +43,7 @@ def test_the_written_out_step_trains_as_autograd_does(
     # (rel 1e-5: ~10x room); the gradient norms are read through three layers of backward,
     # which amplify it ~100x (rel 1e-4). Accuracies are counts of 200 images: equal.
     for cell in autograd.cells:
-        for variant in VARIANTS:
+        for variant in STUDY_VARIANTS:
             ours, theirs = written_out.net_state(cell, variant), autograd.net_state(cell, variant)
             for name, tensor in theirs.items():  # weights, biases, gamma, beta, running stats
                 torch.testing.assert_close(ours[name], tensor, rtol=0, atol=1e-6, msg=name)

@@ -22,7 +22,7 @@ from bnlab.models.checkpoint import (
 from bnlab.models.data import Splits
 from bnlab.models.inference import ServedNet
 from bnlab.models.trainer import Trainer
-from bnlab.vocabulary import MODES, VARIANTS
+from bnlab.vocabulary import MODES, STUDY_VARIANTS
 from tests.models.conftest import LONE, MLP, stack_of_one
 
 PREDICT_IN_FRESH_PROCESS = """
@@ -49,7 +49,7 @@ print(json.dumps(out))
 
 def save_pair(trainer: Trainer, folder: Path) -> dict[str, Path]:
     paths = {}
-    for label in VARIANTS:
+    for label in STUDY_VARIANTS:
         paths[label] = folder / f"{label}.safetensors"
         save_net(
             paths[label],

@@ -19,7 +19,7 @@ from bnlab.models.device import resolve_device
 from bnlab.models.inference import ServedNet
 from bnlab.models.network import Architecture
 from bnlab.models.trainer import Lane, Sample, Trainer, TrainingSpec, build_trainer
-from bnlab.vocabulary import VARIANTS
+from bnlab.vocabulary import STUDY_VARIANTS
 from tests.models.conftest import CPU, LONE, MLP, lone_trainer
 from tests.models.test_stacked import STABLE, cells_of, run
 
@@ -36,11 +36,11 @@ def gpu() -> torch.device:
 
 
 def nets(trainer: Trainer) -> Nets:
-    return {v: {k: t.cpu() for k, t in trainer.net_state(LONE, v).items()} for v in VARIANTS}
+    return {v: {k: t.cpu() for k, t in trainer.net_state(LONE, v).items()} for v in STUDY_VARIANTS}
 
 
 def assert_close_nets(a: Nets, b: Nets, atol: float) -> None:
-    for variant in VARIANTS:
+    for variant in STUDY_VARIANTS:
         assert a[variant].keys() == b[variant].keys()
         for name, tensor in a[variant].items():
             torch.testing.assert_close(

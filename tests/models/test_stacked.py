@@ -18,7 +18,7 @@ from bnlab.models.checkpoint import load_state, save_state
 from bnlab.models.data import Splits
 from bnlab.models.network import Architecture
 from bnlab.models.trainer import Cell, Sample, Trainer, TrainingSpec, build_trainer
-from bnlab.vocabulary import VARIANTS
+from bnlab.vocabulary import STUDY_VARIANTS
 from tests.models.conftest import CPU, LONE, lone_trainer
 
 RELU = Architecture(activation="relu")
@@ -54,7 +54,7 @@ def assert_same_curve(alone: list[Sample], grouped: list[Sample], cell: str) -> 
 
 
 def assert_same_nets(alone: Trainer, grouped: Trainer, cell: str) -> None:
-    for variant in VARIANTS:
+    for variant in STUDY_VARIANTS:
         mine = grouped.net_state(cell, variant)
         for name, tensor in alone.net_state(LONE, variant).items():
             # bit for bit; a diverged net's frozen weights may hold NaNs, equal as well
@@ -109,7 +109,7 @@ def test_through_autograd_one_step_of_every_regime_agrees_to_rounding(
     for i, cell_spec in enumerate(one_step):
         alone = lone_trainer(arch, cell_spec, splits, bn_impl="bnlab")
         run(alone)
-        for variant in VARIANTS:
+        for variant in STUDY_VARIANTS:
             mine = group.net_state(f"c{i}", variant)
             for name, tensor in alone.net_state(LONE, variant).items():
                 scale = tensor.abs().max().item() or 1.0
@@ -160,7 +160,7 @@ def test_resumed_stacked_training_equals_uninterrupted(splits: Splits, tmp_path:
 
     assert run(resumed) == [s for s in full if s.step > 40]
     for cell in uninterrupted.cells:
-        for variant in VARIANTS:
+        for variant in STUDY_VARIANTS:
             for name, tensor in uninterrupted.net_state(cell, variant).items():
                 assert torch.equal(resumed.net_state(cell, variant)[name], tensor) or (
                     tensor.is_floating_point() and not math.isfinite(tensor.sum().item())

@@ -12,7 +12,7 @@ from bnlab.models.checkpoint import load_state, save_state
 from bnlab.models.data import Splits
 from bnlab.models.network import Architecture
 from bnlab.models.trainer import Sample, Trainer, TrainingSpec
-from bnlab.vocabulary import VARIANTS
+from bnlab.vocabulary import STUDY_VARIANTS
 from tests.models.conftest import LONE, lone_trainer
 
 ARCH = Architecture()
@@ -31,7 +31,7 @@ def run(trainer: Trainer, **hooks) -> list[Sample]:
 
 
 def assert_same_nets(a: Trainer, b: Trainer) -> None:
-    for label in VARIANTS:
+    for label in STUDY_VARIANTS:
         state_a, state_b = a.net_state(LONE, label), b.net_state(LONE, label)
         assert state_a.keys() == state_b.keys()
         for name, tensor in state_a.items():

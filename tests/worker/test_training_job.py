@@ -21,7 +21,7 @@ from bnlab.store import leases, queries
 from bnlab.store.db import make_sessionmaker
 from bnlab.store.migrate import upgrade
 from bnlab.store.tables import Experiment, utc_now
-from bnlab.vocabulary import VARIANTS, Queue
+from bnlab.vocabulary import STUDY_VARIANTS, Queue
 from bnlab.worker.job import TrainingJob
 
 # Two cells that share a batch order and schedule: they train as one group.
@@ -55,7 +55,7 @@ def row(settings: Settings, experiment_id: int) -> Experiment:
 def curve_steps(settings: Settings, experiment_id: int) -> dict[str, list[int]]:
     with make_sessionmaker(settings.database_url)() as session:
         curves = queries.curve(session, experiment_id)
-        return {variant: [point.step for point in curves[variant]] for variant in VARIANTS}
+        return {variant: [point.step for point in curves[variant]] for variant in STUDY_VARIANTS}
 
 
 def folder(settings: Settings, experiment_id: int) -> Path:
@@ -65,7 +65,7 @@ def folder(settings: Settings, experiment_id: int) -> Path:
 def weights(settings: Settings, experiment_id: int) -> dict[str, dict[str, torch.Tensor]]:
     return {
         variant: load_file(folder(settings, experiment_id) / f"{variant}.safetensors")
-        for variant in VARIANTS
+        for variant in STUDY_VARIANTS
     }
 
 
@@ -111,7 +111,7 @@ def test_a_lone_experiment_is_a_group_of_one(settings: Settings) -> None:
         "plain.safetensors",
     ]
     with make_sessionmaker(settings.database_url)() as session:
-        for variant in VARIANTS:
+        for variant in STUDY_VARIANTS:
             checkpoint = queries.latest_checkpoint(session, experiment_id, variant)
             assert checkpoint is not None and checkpoint.step == 100
             path = folder(settings, experiment_id) / f"{variant}.safetensors"
@@ -151,7 +151,7 @@ def test_a_group_handed_back_resumes_to_the_weights_of_an_uninterrupted_run(
         assert row(settings, after).status == "succeeded"
         assert curve_steps(settings, after) == {"plain": STEPS, "bn": STEPS}
         reference, resumed = weights(settings, before), weights(settings, after)
-        for variant in VARIANTS:
+        for variant in STUDY_VARIANTS:
             for name, tensor in reference[variant].items():
                 assert torch.equal(resumed[variant][name].nan_to_num(), tensor.nan_to_num()), name
 

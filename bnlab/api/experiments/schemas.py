@@ -98,7 +98,7 @@ class ExperimentOut(BaseModel):
             finished_at=experiment.finished_at,
             cancel_requested=experiment.cancel_requested,
             progress=Progress.of(experiment),
-            results={variant: RunResults.from_run(runs.get(variant)) for variant in VARIANTS},
+            results={v: RunResults.from_run(runs[v]) for v in VARIANTS if v in runs},
             error=experiment.error,
             notice=notice,
             sweep_id=experiment.sweep_id,
