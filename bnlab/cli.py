@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from bnlab import logs
+from bnlab import artifacts, logs
 from bnlab.commands import experiments, predictions, sweeps
 from bnlab.settings import get_settings
 from bnlab.vocabulary import Queue
@@ -42,6 +42,7 @@ def api() -> None:
 
     settings = get_settings()
     logs.configure(settings.log_format)
+    _check_checkpoint_store()
     logging.getLogger("bnlab.api").log(*access_notice(settings))
     uvicorn.run(
         "bnlab.api.main:create_app",
@@ -64,6 +65,7 @@ def worker(
     """Run a Celery worker for one queue. GPU workers use the solo pool: no fork after CUDA."""
     # Now, not only when Celery sets up logging: its start-up warnings are log lines too.
     logs.configure(get_settings().log_format)
+    _check_checkpoint_store()
     _yield_cpu_to_api(get_settings().worker_nice)
     from bnlab.worker.app import worker_app
 
@@ -74,6 +76,16 @@ def worker(
     # JSON logs: no startup banner either (`celery --quiet`), so every line is a JSON object.
     quiet = ["--quiet"] if get_settings().log_format == "json" else []
     celery_app.worker_main([*quiet, "worker", "-Q", queue, "-n", name, "--loglevel", "INFO", *pool])
+
+
+def _check_checkpoint_store() -> None:
+    """A checkpoint store that cannot be opened, reached or written stops the command now, with
+    one line saying what to fix, instead of failing every job (or download) later."""
+    try:
+        artifacts.check(get_settings().checkpoint_dir)
+    except artifacts.StoreError as error:
+        typer.echo(f"bnlab: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _yield_cpu_to_api(niceness: int) -> None:
@@ -96,6 +108,7 @@ def up() -> None:
 
     settings = get_settings()
     logs.configure(settings.log_format)
+    _check_checkpoint_store()  # before the worker starts: it would only fail the same way
     migrate()
     typer.echo(f"bnlab on http://{settings.host}:{settings.port} (bound to {settings.host} only)")
     supervisor = Supervisor(

@@ -4,6 +4,7 @@ The defaults are the embedded setup (`bnlab up`): everything lives under `state_
 file for the database and a folder for the broker, so nothing needs a server.
 """
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -26,7 +27,9 @@ class Settings(BaseSettings):
     database_url: str = ""  # default: SQLite file in state_dir
     broker_url: str = ""  # default: kombu's filesystem transport in state_dir/broker
     data_dir: Path = Path("data")
-    checkpoint_dir: Path = Path()  # default: state_dir/checkpoints
+    # A local folder or an fsspec URL such as s3://bucket/prefix (bnlab/artifacts.py); default:
+    # state_dir/checkpoints
+    checkpoint_dir: str = ""
     download: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
@@ -81,14 +84,20 @@ class Settings(BaseSettings):
             )
         return token
 
+    @field_validator("checkpoint_dir", mode="before")
+    @classmethod
+    def _path_as_location(cls, location: object) -> object:
+        """A `Path` given in code is the local folder it names, as before URLs were taken."""
+        return os.fspath(location) if isinstance(location, os.PathLike) else location
+
     @model_validator(mode="after")
     def _embedded_defaults(self) -> "Settings":
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.state_dir / 'bnlab.db').absolute()}"
         if not self.broker_url:
             self.broker_url = "filesystem://"
-        if self.checkpoint_dir == Path():
-            self.checkpoint_dir = self.state_dir / "checkpoints"
+        if not self.checkpoint_dir:
+            self.checkpoint_dir = str(self.state_dir / "checkpoints")
         return self
 
     @property

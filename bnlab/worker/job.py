@@ -24,13 +24,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from datetime import timedelta
-from pathlib import Path
 from typing import TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bnlab import artifacts
 from bnlab.jobs import Enqueue
 from bnlab.models.checkpoint import load_state, save_net, save_state
 from bnlab.models.data import DataUnavailable, Splits, load_splits
@@ -51,11 +51,11 @@ from bnlab.worker.lease import LeaseKeeper
 
 log = logging.getLogger(__name__)
 # Errors whose message is already a reason a person can act on.
-EXPECTED_ERRORS = (DataUnavailable, DeviceUnavailable, ValueError)
+EXPECTED_ERRORS = (DataUnavailable, DeviceUnavailable, artifacts.StoreError, ValueError)
 
 T = TypeVar("T")
-# A net's checkpoint as written: path, sha256, size in bytes.
-SavedNet = tuple[Path, str, int]
+# A net's checkpoint as written: location (path or URL), sha256, size in bytes.
+SavedNet = tuple[str, str, int]
 # Steps per second since the last sample point, and the seconds left at that pace.
 Rates = tuple[float | None, float | None]
 
@@ -77,8 +77,8 @@ class CellRecorder:
         self.queue = queue
         self.settings = settings
         self.sessions = sessions
-        self.folder = settings.checkpoint_dir / f"experiment-{lease.experiment_id}"
-        self.state_path = self.folder / "training-state.safetensors"
+        self.folder = artifacts.locate(settings.checkpoint_dir, f"experiment-{lease.experiment_id}")
+        self.state_path = artifacts.locate(self.folder, "training-state.safetensors")
         # Enter it for the length of the job: it renews the lease between sample points.
         self.keeper = LeaseKeeper(sessions, lease, settings.worker_heartbeat_seconds)
 
@@ -137,7 +137,7 @@ class CellRecorder:
 
     def saved_state(self) -> TrainingState | None:
         """The training state of its last sample point, if a job saved one."""
-        return load_state(self.state_path) if self.state_path.exists() else None
+        return load_state(self.state_path) if artifacts.exists(self.state_path) else None
 
     def save_state(self, state: TrainingState) -> None:
         save_state(self.state_path, *state)
@@ -181,7 +181,7 @@ class CellRecorder:
             experiment.status, experiment.finished_at = "cancelled", utc_now()
 
         self._write(cancelled)
-        self.state_path.unlink(missing_ok=True)
+        artifacts.delete(self.state_path)
         log.info("experiment %s cancelled", self.experiment_id)
 
     def hand_back(self) -> None:
@@ -201,7 +201,7 @@ class CellRecorder:
         self._write(
             lambda session: self._record_results(session, trainer.step, test_accuracies, saved)
         )
-        self.state_path.unlink(missing_ok=True)
+        artifacts.delete(self.state_path)
 
     def fail(self, reason: str) -> None:
         def failed(session: Session) -> None:
@@ -250,12 +250,12 @@ class CellRecorder:
             run.steps_to_90 = first_step(steps, accuracies, 0.90)
             run.steps_to_95 = first_step(steps, accuracies, 0.95)
             path, sha256, size = saved[variant]
-            queries.add_checkpoint(session, run, step, str(path.absolute()), sha256, size)
+            queries.add_checkpoint(session, run, step, path, sha256, size)
         experiment.status, experiment.finished_at = "succeeded", utc_now()
         experiment.eta_seconds = 0.0
 
     def _save_net(self, trainer: Trainer, variant: Variant) -> SavedNet:
-        path = self.folder / f"{variant}.safetensors"
+        path = artifacts.locate(self.folder, f"{variant}.safetensors")
         sha256, size = save_net(
             path,
             trainer.net_state(self.name, variant),

@@ -2,7 +2,8 @@
 
 The compose file must be valid Compose, run only real `bnlab` commands, set only real settings,
 and wire the services together the way design.md describes (migrate first, checkpoints shared by
-the API and every worker, the GPU worker on queue `gpu` with an NVIDIA device reserved).
+the API and every worker, the GPU worker on queue `gpu` with an NVIDIA device reserved, and,
+with `--profile objectstore`, checkpoints in a MinIO bucket instead of the shared volume).
 """
 
 import json
@@ -47,11 +48,14 @@ COMPOSE = load_compose()
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 
 
-def interpolate(value: str) -> str:
+def interpolate(value: str, given: dict[str, str] | None = None) -> str:
     """Resolve `${NAME:-default}` to its default, as `docker compose up` does with NAME unset,
-    and a required `${NAME:?error}` to the value in REQUIRED, as if the person had set it."""
+    and a required `${NAME:?error}` to the value in REQUIRED, as if the person had set it;
+    a NAME in `given` to its value there, as if the person had set it (in .env)."""
 
     def default(match: re.Match[str]) -> str:
+        if given and match["name"] in given:
+            return given[match["name"]]
         if match["error"] is not None:
             if match["name"] not in REQUIRED:
                 pytest.fail(f"{match[0]} is required: give the test a value in REQUIRED")
@@ -63,12 +67,13 @@ def interpolate(value: str) -> str:
     return INTERPOLATION.sub(default, value)
 
 
-def environment(service: dict[str, Any]) -> dict[str, str]:
-    """A service's environment (mapping or `KEY=value` list), interpolated to defaults."""
+def environment(service: dict[str, Any], given: dict[str, str] | None = None) -> dict[str, str]:
+    """A service's environment (mapping or `KEY=value` list), interpolated to defaults (or to
+    the values `given`)."""
     raw = service.get("environment") or {}
     if isinstance(raw, list):
         raw = dict(item.split("=", 1) for item in raw)
-    return {key: interpolate(str(value)) for key, value in raw.items()}
+    return {key: interpolate(str(value), given) for key, value in raw.items()}
 
 
 def built_here(service: dict[str, Any]) -> bool:
@@ -220,7 +225,7 @@ def test_settings_from_the_compose_environment_point_at_the_servers(
     assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379)
     assert "redis" in SERVICES
 
-    assert settings.checkpoint_dir == Path(env["BNLAB_CHECKPOINT_DIR"])
+    assert settings.checkpoint_dir == env["BNLAB_CHECKPOINT_DIR"] == "/checkpoints"
     assert settings.data_dir == Path(env["BNLAB_DATA_DIR"])
     assert settings.host == "0.0.0.0"
 
@@ -349,3 +354,64 @@ def test_dockerfile_runs_as_a_user_other_than_root() -> None:
     users = dockerfile_instructions("USER")
     assert users, "no USER instruction: the container would run as root"
     assert users[-1] not in ("root", "0")
+
+
+# --- the object-store profile ------------------------------------------------------------------
+
+# What README's "More machines" tells the person to put in .env for `--profile objectstore`.
+OBJECT_STORE_ENV = {
+    "BNLAB_CHECKPOINT_DIR": "s3://bnlab/checkpoints",
+    "AWS_ENDPOINT_URL": "http://minio:9000",
+    "AWS_ACCESS_KEY_ID": "bnlab-store",
+    "AWS_SECRET_ACCESS_KEY": "a-secret-for-the-test",
+}
+
+
+def test_the_object_store_runs_only_with_its_profile() -> None:
+    for name in ("minio", "minio-bucket"):
+        assert SERVICES[name].get("profiles") == ["objectstore"], name
+    bucket = SERVICES["minio-bucket"]
+    assert bucket["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert bucket["restart"] == "no"  # it makes the bucket once, then exits
+
+
+@pytest.mark.parametrize("service_name", ["api", *workers()])
+def test_with_the_profile_checkpoints_go_to_the_bucket_it_makes(
+    service_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = environment(SERVICES[service_name], OBJECT_STORE_ENV)
+    for key in list(os.environ):
+        if key.startswith(("BNLAB_", "AWS_")):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    store = urlsplit(Settings().checkpoint_dir)
+    made = environment(SERVICES["minio-bucket"], OBJECT_STORE_ENV)
+    alias = urlsplit(made["MC_HOST_store"])
+    command = SERVICES["minio-bucket"]["command"]
+    assert command[0] == "mb" and f"store/{store.hostname}" in command
+    endpoint = urlsplit(env["AWS_ENDPOINT_URL"])
+    assert (endpoint.hostname, endpoint.port) == (alias.hostname, alias.port) == ("minio", 9000)
+    assert ":9000" in SERVICES["minio"]["command"]
+    # bnlab signs with MinIO's root user: the same two variables on both sides.
+    minio = environment(SERVICES["minio"], OBJECT_STORE_ENV)
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+        minio["MINIO_ROOT_USER"],
+        minio["MINIO_ROOT_PASSWORD"],
+    )
+    assert (alias.username, alias.password) == (
+        minio["MINIO_ROOT_USER"],
+        minio["MINIO_ROOT_PASSWORD"],
+    )
+    # Optional: without the profile the service starts without waiting for a bucket.
+    waits_for = SERVICES[service_name]["depends_on"]["minio-bucket"]
+    assert waits_for == {"condition": "service_completed_successfully", "required": False}
+
+
+@pytest.mark.parametrize("service_name", ["api", *workers()])
+def test_without_the_profile_no_s3_setting_is_given(service_name: str) -> None:
+    """Empty AWS_* values are what botocore ignores: the config chain (an IAM role, ~/.aws)
+    still applies when the store is AWS's own."""
+    env = environment(SERVICES[service_name])
+    assert env["BNLAB_CHECKPOINT_DIR"] == "/checkpoints"
+    assert env["AWS_ENDPOINT_URL"] == env["AWS_ACCESS_KEY_ID"] == env["AWS_SECRET_ACCESS_KEY"] == ""

@@ -59,7 +59,7 @@ def curve_steps(settings: Settings, experiment_id: int) -> dict[str, list[int]]:
 
 
 def folder(settings: Settings, experiment_id: int) -> Path:
-    return settings.checkpoint_dir / f"experiment-{experiment_id}"
+    return Path(settings.checkpoint_dir) / f"experiment-{experiment_id}"
 
 
 def weights(settings: Settings, experiment_id: int) -> dict[str, dict[str, torch.Tensor]]:

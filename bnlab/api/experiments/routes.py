@@ -3,7 +3,6 @@
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response
-from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from bnlab.api.core import idempotency, plotting
@@ -22,7 +21,7 @@ from bnlab.api.experiments.schemas import (
     Message,
     Series,
 )
-from bnlab.api.predict.serving import verified_file
+from bnlab.api.predict.serving import verified_bytes
 from bnlab.spec import ExperimentSpec
 from bnlab.store import queries
 from bnlab.store.tables import Experiment
@@ -139,7 +138,7 @@ def _not_cancellable(experiment: Experiment) -> HTTPException:
 
 @router.get(
     "/{experiment_id}/checkpoints/{variant}",
-    response_class=FileResponse,
+    response_class=Response,
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "A safetensors file."},
         404: {"model": Message, "description": "No such experiment, or no checkpoint yet."},
@@ -151,16 +150,16 @@ def _not_cancellable(experiment: Experiment) -> HTTPException:
 )
 def download_checkpoint(
     experiment: ExperimentDep, variant: Variant, session: SessionDep
-) -> FileResponse:
+) -> Response:
     """The variant's latest checkpoint (safetensors: weights, BN statistics, metadata)."""
     checkpoint = queries.latest_checkpoint(session, experiment.id, variant)
     if checkpoint is None:
         raise HTTPException(404, f"experiment {experiment.id} has no {variant} checkpoint yet")
-    path = verified_file(checkpoint, experiment.id, variant)
-    return FileResponse(
-        path,
+    name = f"experiment-{experiment.id}-{variant}.safetensors"
+    return Response(
+        verified_bytes(checkpoint, experiment.id, variant),
         media_type="application/octet-stream",
-        filename=f"experiment-{experiment.id}-{variant}.safetensors",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
 
 

@@ -12,7 +12,7 @@ The work is torch on CPU: plain `def` routes, so it runs in the threadpool, not 
 and at most BNLAB_STUDY_SLOTS demos at once (bnlab/api/study/sources.py); one more is a 503.
 """
 
-from pathlib import Path
+import logging
 from typing import Annotated
 from uuid import uuid4
 
@@ -20,7 +20,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bnlab import artifacts
 from bnlab.api.core.content import Responses
+from bnlab.api.core.domain_errors import Unavailable
 from bnlab.api.deps import ExperimentDep, SessionDep, SettingsDep, served_nets, study_slots
 from bnlab.api.experiments.schemas import MAX_ID, Message
 from bnlab.api.predict.serving import open_checkpoint
@@ -50,6 +52,7 @@ router = APIRouter(prefix="/experiments", tags=["study"])
 MAX_COLLAPSE_IMAGES = 10_000
 LARGE_BATCH = 1000  # the whole test set in batch mode: batches this large barely collapse
 COLLAPSE_MODES: tuple[Mode, ...] = ("population", "batch")
+log = logging.getLogger(__name__)
 RECALIBRATION_BATCH = 1000  # memory only: recalibration's result does not depend on it
 # Fields of a checkpoint's metadata that `save_net` writes itself.
 WRITTEN_BY_SAVE = {"format", "format_version", "variant", "architecture", "preprocessing"}
@@ -237,25 +240,31 @@ def recalibrate_bn(net: StudyNetDep, session: SessionDep) -> RecalibrationOut:
         [before] = accuracy(stack, splits.test, "population")
         [after] = accuracy(recalibrated, splits.test, "population")
     # A name of its own: two recalibrations at once must not write the same file.
-    path = Path(checkpoint.path).parent / f"{variant}-recalibrated-{uuid4().hex[:12]}.safetensors"
+    folder = checkpoint.path.rsplit("/", 1)[0]  # beside the checkpoint, on its store
+    path = artifacts.locate(folder, f"{variant}-recalibrated-{uuid4().hex[:12]}.safetensors")
     kept = {key: value for key, value in meta.items() if key not in WRITTEN_BY_SAVE}
     # Merged, not passed side by side: a recalibrated checkpoint's metadata already holds these.
     provenance = {
         "recalibrated_from_version": checkpoint.version,
         "recalibration_images": len(splits.train),
     }
-    sha256, size = save_net(
-        path, recalibrated.net_state(0), variant=variant, arch=stack.arch, **(kept | provenance)
-    )
+    try:
+        sha256, size = save_net(
+            path, recalibrated.net_state(0), variant=variant, arch=stack.arch, **(kept | provenance)
+        )
+    except artifacts.StoreError as error:
+        log.warning("recalibration of experiment %s not kept: %s", experiment.id, error)
+        raise Unavailable(
+            f"the recalibrated checkpoint of experiment {experiment.id} could not be stored: "
+            "its store is unreachable; try again later"
+        ) from None
     run = queries.run_of(experiment, variant)
-    added = queries.add_checkpoint(
-        session, run, checkpoint.step, str(path.absolute()), sha256, size
-    )
+    added = queries.add_checkpoint(session, run, checkpoint.step, path, sha256, size)
     try:
         session.commit()
     except IntegrityError:  # another recalibration took the same version number first
         session.rollback()
-        path.unlink(missing_ok=True)
+        artifacts.delete(path)
         raise HTTPException(
             409,
             f"another recalibration of experiment {experiment.id} finished at the same "
