@@ -107,14 +107,48 @@ def test_collapse_n_beyond_the_test_set_is_422_saying_how_many_there_are(
     assert f"only {TEST_IMAGES} images" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("path", ["collapse", "batch-size-effect", "recalibrate"])
-def test_the_plain_variant_is_409_it_has_no_bn(
+def test_recalibrating_the_plain_variant_is_409_it_has_no_bn(
+    client: TestClient, trained: Experiment
+) -> None:
+    response = client.post(f"/experiments/{trained.id}/recalibrate", params={"variant": "plain"})
+    assert response.status_code == 409
+    assert "variant=bn" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["collapse", "batch-size-effect"])
+def test_the_demos_show_every_variant_and_only_bn_collapses(
     client: TestClient, trained: Experiment, path: str
 ) -> None:
     method = client.get if path == "batch-size-effect" else client.post
     response = method(f"/experiments/{trained.id}/{path}", params={"variant": "plain"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["variant"], body["mode_applies"]) == ("plain", False)
+    assert {variant: shown["mode_applies"] for variant, shown in body["variants"].items()} == {
+        "plain": False,
+        "bn": True,
+    }
+    if path == "collapse":
+        plain, bn = (
+            body["variants"]["plain"]["one_at_a_time"],
+            body["variants"]["bn"]["one_at_a_time"],
+        )
+        assert plain["batch"] == plain["population"] == body["one_at_a_time"]["population"]
+        assert len(set(bn["batch"]["predictions"])) == 1
+    else:
+        plain = body["variants"]["plain"]
+        assert plain["batch_accuracy"] == [plain["population_accuracy"]] * len(body["sizes"])
+
+
+@pytest.mark.parametrize("path", ["collapse", "batch-size-effect", "recalibrate"])
+def test_a_variant_the_experiment_did_not_train_is_409_naming_those_it_did(
+    client: TestClient, trained: Experiment, path: str
+) -> None:
+    method = client.get if path == "batch-size-effect" else client.post
+    response = method(f"/experiments/{trained.id}/{path}", params={"variant": "bn_after"})
     assert response.status_code == 409
-    assert "variant=bn" in response.json()["detail"]
+    assert "no bn_after net" in response.json()["detail"]
+    assert "plain, bn" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("status", ["queued", "running", "failed", "cancelled"])

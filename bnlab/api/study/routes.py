@@ -25,7 +25,7 @@ from bnlab.api.core.content import Responses
 from bnlab.api.core.domain_errors import Unavailable
 from bnlab.api.deps import ExperimentDep, SessionDep, SettingsDep, served_nets, study_slots
 from bnlab.api.experiments.schemas import MAX_ID, Message
-from bnlab.api.predict.serving import open_checkpoint
+from bnlab.api.predict.serving import LoadedNet, open_checkpoint
 from bnlab.api.study import plots
 from bnlab.api.study.schemas import (
     ActivationsOut,
@@ -33,13 +33,16 @@ from bnlab.api.study.schemas import (
     CollapseOut,
     LayerSeries,
     NetAnswers,
+    NetBatchSizes,
+    NetCollapse,
     OneAtATime,
     RecalibrationOut,
     WholeTestSet,
 )
-from bnlab.api.study.sources import StudyNet, require_bn_of_succeeded
+from bnlab.api.study.sources import StudyNet, require_trained
 from bnlab.models.checkpoint import save_net
 from bnlab.models.collapse import batch_size_effect, batch_sizes, one_at_a_time
+from bnlab.models.data import Split
 from bnlab.models.inference import accuracy
 from bnlab.models.probes import DEAD, PROBE_SIZE
 from bnlab.models.recalibration import recalibrate
@@ -57,7 +60,12 @@ RECALIBRATION_BATCH = 1000  # memory only: recalibration's result does not depen
 # Fields of a checkpoint's metadata that `save_net` writes itself.
 WRITTEN_BY_SAVE = {"format", "format_version", "variant", "architecture", "preprocessing"}
 
-VariantQuery = Annotated[Variant, Query(description="Which net: only `bn` has BN to show.")]
+VariantQuery = Annotated[
+    Variant,
+    Query(
+        description="Which net answers at the top level (every net trained is under `variants`)."
+    ),
+]
 VersionQuery = Annotated[
     int | None,
     Query(ge=1, le=MAX_ID, description="Checkpoint version (see /recalibrate); default latest."),
@@ -67,7 +75,7 @@ NOT_FOUND: Responses = {
 }
 DEMO_ERRORS: Responses = {
     **NOT_FOUND,
-    409: {"model": Message, "description": "Not succeeded, or the plain variant (no BN)."},
+    409: {"model": Message, "description": "Not succeeded, or a variant it did not train."},
     503: {
         "model": Message,
         "description": "The API cannot read the experiment's dataset, or every study slot is "
@@ -102,26 +110,37 @@ def collapse(
     """The study's last experiment: predict the first n test images one at a time with
     population and with batch statistics. One image's own statistics turn every BN output into
     beta, so every image gets the same class; the whole test set in large batches shows batch
-    statistics doing almost as well as population ones: the collapse is about batch size."""
-    loaded = net.served("the collapse demo")
+    statistics doing almost as well as population ones: the collapse is about batch size.
+    Every net the experiment trained answers under `variants`: LayerNorm, GroupNorm and plain
+    nets need no batch, and do not collapse."""
+    served = net.served_every("the collapse demo")
     with net.computing():
         test = net.splits().test
         if n > len(test):
             raise HTTPException(422, f"n is {n}, but the test set has only {len(test)} images")
-        stack, labels = loaded.net.stack, test.labels[:n]
-        answers = {}
-        for mode in COLLAPSE_MODES:
-            predictions = one_at_a_time(stack, test.images[:n], mode)[0]
-            correct = (predictions == labels).double().mean().item()
-            answers[mode] = NetAnswers(predictions=predictions.tolist(), accuracy=correct)
-        [population] = accuracy(stack, test, "population")
-        [batch] = accuracy(stack, test, "batch", batch_size=LARGE_BATCH)
+        shown = {variant: _collapse_of(loaded, test, n) for variant, loaded in served.items()}
     return CollapseOut(
+        **dict(shown[net.variant]),
         experiment_id=net.experiment.id,
         variant=net.variant,
-        checkpoint_version=loaded.checkpoint_version,
         n=n,
-        labels=labels.tolist(),
+        labels=test.labels[:n].tolist(),
+        variants=shown,
+    )
+
+
+def _collapse_of(loaded: LoadedNet, test: Split, n: int) -> NetCollapse:
+    stack, labels = loaded.net.stack, test.labels[:n]
+    answers = {}
+    for mode in COLLAPSE_MODES:
+        predictions = one_at_a_time(stack, test.images[:n], mode)[0]
+        correct = (predictions == labels).double().mean().item()
+        answers[mode] = NetAnswers(predictions=predictions.tolist(), accuracy=correct)
+    [population] = accuracy(stack, test, "population")
+    [batch] = accuracy(stack, test, "batch", batch_size=LARGE_BATCH)
+    return NetCollapse(
+        checkpoint_version=loaded.checkpoint_version,
+        mode_applies=loaded.net.mode_applies,
         one_at_a_time=OneAtATime(**answers),
         whole_test_set=WholeTestSet(
             images=len(test),
@@ -152,18 +171,29 @@ def get_batch_size_effect_png(net: StudyNetDep) -> Response:
 
 
 def _batch_size_effect(net: StudyNet) -> BatchSizeEffectOut:
-    loaded = net.served("the batch-size effect")
+    served = net.served_every("the batch-size effect")
     with net.computing():
         test = net.splits().test
         sizes = batch_sizes(len(test))
-        effect = batch_size_effect(loaded.net.stack, test, sizes)
-        [population] = accuracy(loaded.net.stack, test, "population")
+        shown = {
+            variant: _batch_sizes_of(loaded, test, sizes) for variant, loaded in served.items()
+        }
     return BatchSizeEffectOut(
+        **dict(shown[net.variant]),
         experiment_id=net.experiment.id,
         variant=net.variant,
-        checkpoint_version=loaded.checkpoint_version,
         images=len(test),
         sizes=sizes,
+        variants=shown,
+    )
+
+
+def _batch_sizes_of(loaded: LoadedNet, test: Split, sizes: list[int]) -> NetBatchSizes:
+    effect = batch_size_effect(loaded.net.stack, test, sizes)
+    [population] = accuracy(loaded.net.stack, test, "population")
+    return NetBatchSizes(
+        checkpoint_version=loaded.checkpoint_version,
+        mode_applies=loaded.net.mode_applies,
         batch_accuracy=[net_accuracy for [net_accuracy] in effect],
         population_accuracy=population,
     )
@@ -228,7 +258,7 @@ def recalibrate_bn(net: StudyNetDep, session: SessionDep) -> RecalibrationOut:
     result as a new checkpoint version that /predict and the demos take as ?version=. `version`
     names the checkpoint to start from (default latest)."""
     experiment, variant, version = net.experiment, net.variant, net.version
-    require_bn_of_succeeded(experiment, variant, "recalibration")
+    require_trained(experiment, variant, "recalibration", needs_bn=True)
     checkpoint = queries.checkpoint_of(session, experiment.id, variant, version)
     if checkpoint is None:
         which = f"version {version}" if version else "checkpoint yet"

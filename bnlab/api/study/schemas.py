@@ -24,28 +24,54 @@ class WholeTestSet(BaseModel):
     )
 
 
-class CollapseOut(BaseModel):
-    """The study's last experiment: the first n test images, one at a time, in both modes."""
+MODE_APPLIES = Field(
+    description="Whether the net's answers depend on the batch (bn, bn_after): for the others "
+    "both modes are the same net, and nothing collapses."
+)
 
-    experiment_id: int
-    variant: Variant
+
+class NetCollapse(BaseModel):
+    """One net's answers in the collapse demo."""
+
     checkpoint_version: int
-    n: int
-    labels: list[int] = Field(description="The true class of each of the n images.")
+    mode_applies: bool = MODE_APPLIES
     one_at_a_time: OneAtATime
     whole_test_set: WholeTestSet
 
 
-class BatchSizeEffectOut(BaseModel):
-    """Test accuracy with BN on batch statistics, per inference batch size."""
+class CollapseOut(NetCollapse):
+    """The study's last experiment: the first n test images, one at a time, in both modes; at
+    the top level for the variant asked for, under `variants` for every net trained."""
 
     experiment_id: int
     variant: Variant
+    n: int
+    labels: list[int] = Field(description="The true class of each of the n images.")
+    variants: dict[Variant, NetCollapse] = Field(
+        description="Every variant the experiment trained."
+    )
+
+
+class NetBatchSizes(BaseModel):
+    """One net's test accuracy with batch statistics, per inference batch size."""
+
     checkpoint_version: int
-    images: int = Field(description="Test images evaluated at every size.")
-    sizes: list[int]
+    mode_applies: bool = MODE_APPLIES
     batch_accuracy: list[float] = Field(description="One per size, in the order of `sizes`.")
     population_accuracy: float = Field(description="The reference: population statistics.")
+
+
+class BatchSizeEffectOut(NetBatchSizes):
+    """Test accuracy with BN on batch statistics, per inference batch size: at the top level for
+    the variant asked for, under `variants` for every net trained."""
+
+    experiment_id: int
+    variant: Variant
+    images: int = Field(description="Test images evaluated at every size.")
+    sizes: list[int]
+    variants: dict[Variant, NetBatchSizes] = Field(
+        description="Every variant the experiment trained."
+    )
 
 
 class LayerSeries(BaseModel):

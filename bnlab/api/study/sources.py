@@ -20,7 +20,7 @@ from bnlab.api.predict.serving import LoadedNet, ServedNets
 from bnlab.models.data import DataUnavailable, Splits, load_splits
 from bnlab.settings import Settings
 from bnlab.store.tables import Experiment
-from bnlab.vocabulary import Variant
+from bnlab.vocabulary import BATCH_DEPENDENT, VARIANTS, Variant
 
 # What a 503 for a full pool asks a client to wait: a demo on the study's net takes seconds.
 BUSY_RETRY_SECONDS = 5
@@ -49,12 +49,25 @@ class ComputeSlots:
             self._free.release()
 
 
-def require_bn_of_succeeded(experiment: Experiment, variant: str, what: str) -> None:
-    """A `Conflict` unless `what` can run: a bn net, of an experiment that has succeeded."""
-    if variant != "bn":
+def trained_variants(experiment: Experiment) -> list[Variant]:
+    """The variants an experiment trains, in the vocabulary's order."""
+    runs = {run.variant for run in experiment.runs}
+    return [variant for variant in VARIANTS if variant in runs]
+
+
+def require_trained(experiment: Experiment, variant: Variant, what: str, needs_bn: bool) -> None:
+    """A `Conflict` unless `what` can run: a net the experiment trained (with BN where `what`
+    `needs_bn`), of an experiment that has succeeded."""
+    if needs_bn and variant not in BATCH_DEPENDENT:
         raise Conflict(
             f"{what} needs BN, and the {variant} net has none (its population and batch modes "
-            "are the same net): use variant=bn",
+            "are the same net): use variant=bn (or bn_after)",
+        )
+    trained = trained_variants(experiment)
+    if variant not in trained:
+        raise Conflict(
+            f"experiment {experiment.id} trained no {variant} net: use variant= one of "
+            f"{', '.join(trained)}",
         )
     if experiment.status != "succeeded":
         raise Conflict(
@@ -76,10 +89,16 @@ class StudyNet:
     settings: Settings
     slots: ComputeSlots
 
-    def served(self, what: str) -> LoadedNet:
-        """The net, from /predict's cache; a 409 unless `what` can run on it."""
-        require_bn_of_succeeded(self.experiment, self.variant, what)
-        return self.nets.loaded(self.experiment.id, self.variant, self.version)
+    def served_every(self, what: str) -> dict[Variant, LoadedNet]:
+        """Every net the experiment trained, from /predict's cache: the one asked for at the
+        version asked for, the others at their latest; a 409 unless `what` can run."""
+        require_trained(self.experiment, self.variant, what, needs_bn=False)
+        return {
+            variant: self.nets.loaded(
+                self.experiment.id, variant, self.version if variant == self.variant else None
+            )
+            for variant in trained_variants(self.experiment)
+        }
 
     @contextmanager
     def computing(self) -> Iterator[None]:
