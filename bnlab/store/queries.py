@@ -2,12 +2,13 @@
 
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from bnlab.store.tables import (
+    Annotatable,
     Checkpoint,
     CurvePoint,
     Experiment,
@@ -51,10 +52,11 @@ def get_experiment(session: Session, experiment_id: int) -> Experiment | None:
 
 
 def list_experiments(
-    session: Session, status: Status | None, limit: int, offset: int
+    session: Session, status: Status | None, limit: int, offset: int, tags: Sequence[str] = ()
 ) -> tuple[Sequence[Experiment], int]:
-    """A page of experiments, newest first, and how many match in all."""
-    query = select(Experiment)
+    """A page of experiments, newest first, and how many match in all: those with `status`, if
+    given, and every one of `tags`."""
+    query = with_tags(select(Experiment), Experiment, tags)
     if status:
         query = query.where(Experiment.status == status)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
@@ -277,10 +279,14 @@ def get_sweep(session: Session, sweep_id: int) -> Sweep | None:
     return session.scalars(query.options(options)).one_or_none()
 
 
-def list_sweeps(session: Session, limit: int, offset: int) -> tuple[Sequence[Sweep], int]:
-    """A page of sweeps with their cells (no runs), newest first, and how many there are."""
-    total = session.scalar(select(func.count()).select_from(Sweep)) or 0
-    query = select(Sweep).options(selectinload(Sweep.experiments))
+def list_sweeps(
+    session: Session, limit: int, offset: int, tags: Sequence[str] = ()
+) -> tuple[Sequence[Sweep], int]:
+    """A page of sweeps with every one of `tags`, with their cells (no runs), newest first, and
+    how many match in all."""
+    query = with_tags(select(Sweep), Sweep, tags)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    query = query.options(selectinload(Sweep.experiments))
     page = query.order_by(Sweep.id.desc()).limit(limit).offset(offset)
     return session.scalars(page).all(), total
 
@@ -301,3 +307,33 @@ def sweep_curves(session: Session, sweep_id: int) -> dict[int, dict[Variant, lis
             curves[experiment_id] = {v: [] for v in variants_of(session, experiment_id)}
         curves[experiment_id][variant].append(point)
     return curves
+
+
+Owner = TypeVar("Owner", Experiment, Sweep)
+
+
+def annotate(
+    row: Annotatable,
+    *,
+    name: str | None = None,
+    notes: str | None = None,
+    tags: Sequence[str] | None = None,
+    clear_name: bool = False,
+) -> None:
+    """Set what is given of an experiment's or a sweep's name, notes and tags (`clear_name`:
+    set the name to none). Tags are the whole set: those not listed are removed."""
+    if name is not None or clear_name:
+        row.name = name
+    if notes is not None:
+        row.notes = notes
+    if tags is not None:
+        kept = {tag_row.tag: tag_row for tag_row in row.tag_rows}
+        row.tag_rows = [kept.get(tag) or row.tag_class(tag=tag) for tag in sorted(set(tags))]
+
+
+def with_tags(query: Select[Owner], owner: type[Owner], tags: Sequence[str]) -> Select[Owner]:
+    """`query` narrowed to the rows that carry every one of `tags`."""
+    tag_class = owner.tag_class
+    for tag in tags:
+        query = query.where(owner.id.in_(select(tag_class.owner_id).where(tag_class.tag == tag)))
+    return query

@@ -19,7 +19,7 @@ from sqlalchemy import (
     false,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 
 from bnlab.vocabulary import QUEUES, STATUSES, VARIANTS, Queue, Status, Variant
 
@@ -70,8 +70,65 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON}
 
 
-class Experiment(Base):
+# What a person may write on an experiment or a sweep (the API validates against these).
+MAX_NAME = 200
+MAX_TAG = 40
+
+
+class Tag(Base):
+    """One tag on an experiment or a sweep: the row's owner and the word. One table per owner
+    (experiment_tags, sweep_tags), so each has a real foreign key; a filter by tag is a join on
+    an index on every backend."""
+
+    __abstract__ = True
+
+    owner_id: Mapped[int]  # each table names it after its owner
+    tag: Mapped[str] = mapped_column(String(MAX_TAG), primary_key=True, index=True)
+
+
+class ExperimentTag(Tag):
+    __tablename__ = "experiment_tags"
+
+    owner_id: Mapped[int] = mapped_column(
+        "experiment_id", ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class SweepTag(Tag):
+    __tablename__ = "sweep_tags"
+
+    owner_id: Mapped[int] = mapped_column(
+        "sweep_id", ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class Annotatable:
+    """A name, markdown notes and tags, given by a person: the same on experiments and sweeps.
+    `tag_class` is the owner's tag table."""
+
+    tag_class: ClassVar[type[Tag]]
+
+    name: Mapped[str | None] = mapped_column(String(MAX_NAME))
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+    @declared_attr
+    def tag_rows(cls) -> Mapped[list[Tag]]:
+        return relationship(
+            cls.tag_class,
+            cascade="all, delete-orphan",
+            passive_deletes=True,
+            lazy="selectin",  # every answer that shows the row shows its tags
+            order_by=cls.tag_class.tag,
+        )
+
+    @property
+    def tags(self) -> list[str]:
+        return [row.tag for row in self.tag_rows]
+
+
+class Experiment(Annotatable, Base):
     __tablename__ = "experiments"
+    tag_class = ExperimentTag
     __table_args__ = (
         CheckConstraint(_one_of("status", STATUSES), name="status"),
         CheckConstraint(_one_of("queue", QUEUES), name="queue"),
@@ -189,10 +246,11 @@ class Worker(Base):
     last_seen: Mapped[datetime]
 
 
-class Sweep(Base):
+class Sweep(Annotatable, Base):
     """A grid of experiments (its cells), asked for in one request."""
 
     __tablename__ = "sweeps"
+    tag_class = SweepTag
     __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(primary_key=True)

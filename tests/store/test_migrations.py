@@ -6,6 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import CheckConstraint, create_engine, inspect, text
 
+from bnlab.store.db import make_engine
 from bnlab.store.migrate import downgrade, upgrade
 from bnlab.store.tables import Base
 
@@ -17,6 +18,8 @@ BNLAB_TABLES = {
     "workers",
     "sweeps",
     "layer_stats",
+    "experiment_tags",
+    "sweep_tags",
 }
 
 
@@ -50,7 +53,7 @@ def test_upgrade_creates_exactly_the_orm_schema(database_url: str) -> None:
 
     tables, revision, checks = reflect(database_url)
     assert tables == BNLAB_TABLES | {"alembic_version"}
-    assert revision == "0004"
+    assert revision == "0005"
     assert schema_diff(database_url) == []
     # autogenerate ignores check constraints: compare their names by hand.
     expected_checks = {
@@ -74,7 +77,7 @@ def test_downgrade_to_base_removes_everything_and_upgrade_again_works(database_u
     upgrade(database_url)
     tables, revision, _ = reflect(database_url)
     assert tables == BNLAB_TABLES | {"alembic_version"}
-    assert revision == "0004"
+    assert revision == "0005"
     assert schema_diff(database_url) == []
 
 
@@ -101,3 +104,28 @@ def test_experiments_stored_before_0003_start_with_no_worker_losses(database_url
         losses = connection.execute(text("SELECT worker_losses FROM experiments")).scalars()
         assert list(losses) == [0]
     engine.dispose()
+
+
+def test_rows_stored_before_0005_get_no_name_empty_notes_and_no_tags(database_url: str) -> None:
+    upgrade(database_url, "0004")
+    engine = make_engine(database_url)  # foreign keys enforced on SQLite too
+    with engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO sweeps (spec, created_at) VALUES ('{}', CURRENT_TIMESTAMP)")
+        )
+        connection.execute(
+            text(
+                "INSERT INTO experiments (status, queue, spec, created_at, progress_step, "
+                "progress_total, lease_token) "
+                "VALUES ('queued', 'cpu', '{}', CURRENT_TIMESTAMP, 0, 100, 0)"
+            )
+        )
+    upgrade(database_url)
+    with engine.begin() as connection:
+        for table in ("experiments", "sweeps"):
+            rows = connection.execute(text(f"SELECT name, notes FROM {table}")).all()
+            assert [tuple(row) for row in rows] == [(None, "")]
+        connection.execute(text("INSERT INTO experiment_tags (experiment_id, tag) VALUES (1, 'a')"))
+        connection.execute(text("DELETE FROM experiments"))
+        # a tag goes with its experiment
+        assert connection.execute(text("SELECT count(*) FROM experiment_tags")).scalar() == 0

@@ -12,6 +12,7 @@ from bnlab.api.core.workers import notices
 from bnlab.api.core.writes import WRITE_SLOT
 from bnlab.api.deps import BrokerDep, ExperimentDep, SessionDep, SettingsDep
 from bnlab.api.experiments import submit
+from bnlab.api.experiments.annotations import AnnotationsPatch, TagFilter, annotate, responses
 from bnlab.api.experiments.presenters import experiment_out
 from bnlab.api.experiments.schemas import (
     MAX_ID,
@@ -30,6 +31,7 @@ from bnlab.vocabulary import TERMINAL, Status, Variant
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
 NOT_FOUND: Responses = {404: {"model": Message, "description": "No experiment with that id."}}
+ANNOTATE = responses("experiment")
 
 
 @router.post(
@@ -70,9 +72,10 @@ def list_experiments(
     status: Status | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    tag: TagFilter = None,
 ) -> ExperimentPage:
-    """Experiments, newest first, optionally only those with one status."""
-    experiments, total = queries.list_experiments(session, status, limit, offset)
+    """Experiments, newest first, optionally only those with one status, or tagged."""
+    experiments, total = queries.list_experiments(session, status, limit, offset, tag or ())
     notice_of = notices(session, settings, experiments)
     items = [ExperimentOut.from_row(e, notice_of[e.id]) for e in experiments]
     return ExperimentPage(items=items, total=total, limit=limit, offset=offset)
@@ -83,6 +86,15 @@ def get_experiment(
     experiment: ExperimentDep, session: SessionDep, settings: SettingsDep
 ) -> ExperimentOut:
     """Status, progress, results, and what to do if it waits on a missing worker."""
+    return experiment_out(experiment, session, settings)
+
+
+@router.patch("/{experiment_id}", dependencies=[JSON_ONLY, WRITE_SLOT], responses=ANNOTATE)
+def annotate_experiment(
+    experiment: ExperimentDep, patch: AnnotationsPatch, session: SessionDep, settings: SettingsDep
+) -> ExperimentOut:
+    """Set the experiment's name, notes (markdown) or tags; what the body leaves out stays."""
+    annotate(session, experiment, patch)
     return experiment_out(experiment, session, settings)
 
 

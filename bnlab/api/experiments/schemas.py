@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag
 
-from bnlab.store.tables import CurvePoint, Experiment, Run
+from bnlab.store.tables import Annotatable, CurvePoint, Experiment, Run
 from bnlab.vocabulary import VARIANTS, Mode, Queue, Status, Variant
 
 # Experiment ids are an INTEGER column (32 bits on PostgreSQL): a larger number in a URL is a
@@ -65,7 +65,20 @@ class RunResults(BaseModel):
         )
 
 
-class ExperimentOut(BaseModel):
+class Annotations(BaseModel):
+    """What a person wrote on an experiment or a sweep (PATCH sets it)."""
+
+    name: str | None = Field(default=None, description="A name a person gave it.")
+    notes: str = Field(default="", description="Markdown.")
+    tags: list[str] = Field(default_factory=list, description="In alphabetical order.")
+
+    @classmethod
+    def of(cls, row: Annotatable) -> dict[str, Any]:
+        """The fields, for a model that has them."""
+        return {"name": row.name, "notes": row.notes, "tags": row.tags}
+
+
+class ExperimentOut(Annotations):
     id: int
     status: Status
     queue: Queue
@@ -102,6 +115,7 @@ class ExperimentOut(BaseModel):
             error=experiment.error,
             notice=notice,
             sweep_id=experiment.sweep_id,
+            **Annotations.of(experiment),
         )
 
 

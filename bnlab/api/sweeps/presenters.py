@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session
 
 from bnlab.api.core.workers import notices
-from bnlab.api.experiments.schemas import Progress
+from bnlab.api.experiments.schemas import Annotations, Progress
 from bnlab.api.sweeps import report
 from bnlab.api.sweeps.schemas import SweepCell, SweepOut, SweepProgress
 from bnlab.settings import Settings
@@ -49,6 +49,7 @@ def sweep_out(sweep: Sweep, session: Session, settings: Settings) -> SweepOut:
             for cell in cells
         ],
         notice=next((n for n in notice_of.values() if n), None),
+        **Annotations.of(sweep),
     )
 
 

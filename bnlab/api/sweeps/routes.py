@@ -10,7 +10,8 @@ from bnlab.api.core.content import JSON_ONLY, NOT_JSON, Responses
 from bnlab.api.core.idempotency import IdempotencyKey
 from bnlab.api.core.writes import WRITE_SLOT
 from bnlab.api.deps import BrokerDep, SessionDep, SettingsDep, SweepDep
-from bnlab.api.experiments.schemas import MAX_ID, Message
+from bnlab.api.experiments.annotations import AnnotationsPatch, TagFilter, annotate, responses
+from bnlab.api.experiments.schemas import MAX_ID, Annotations, Message
 from bnlab.api.experiments.submit import submit_sweep
 from bnlab.api.sweeps import plots, report
 from bnlab.api.sweeps.presenters import overall_status, sweep_out, sweep_out_by_id, sweep_progress
@@ -24,6 +25,7 @@ router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
 NOT_FOUND: Responses = {404: {"model": Message, "description": "No sweep with that id."}}
 DEFAULT_TOLERANCE = 0.01
+ANNOTATE = responses("sweep")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "md": "text/markdown; charset=utf-8"}
 
 
@@ -70,9 +72,10 @@ def list_sweeps(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    tag: TagFilter = None,
 ) -> SweepPage:
-    """Sweeps, newest first, with their status and progress."""
-    sweeps, total = queries.list_sweeps(session, limit, offset)
+    """Sweeps, newest first, with their status and progress; optionally only those tagged."""
+    sweeps, total = queries.list_sweeps(session, limit, offset, tag or ())
     items = [
         SweepSummary(
             id=sweep.id,
@@ -82,6 +85,7 @@ def list_sweeps(
             cells=len(sweep.experiments),
             counts=report.status_counts(sweep.experiments),
             progress=sweep_progress(sweep.experiments),
+            **Annotations.of(sweep),
         )
         for sweep in sweeps
     ]
@@ -92,6 +96,15 @@ def list_sweeps(
 def read_sweep(sweep: SweepDep, session: SessionDep, settings: SettingsDep) -> SweepOut:
     """Every cell's status and progress, and the sweep's overall progress."""
     return sweep_out(sweep, session, settings)
+
+
+@router.patch("/{sweep_id}", dependencies=[JSON_ONLY, WRITE_SLOT], responses=ANNOTATE)
+def annotate_sweep(
+    sweep: SweepDep, patch: AnnotationsPatch, session: SessionDep, settings: SettingsDep
+) -> SweepOut:
+    """Set the sweep's name, notes (markdown) or tags; what the body leaves out stays."""
+    annotate(session, sweep, patch)
+    return sweep_out_by_id(session, settings, sweep.id)
 
 
 @router.post(

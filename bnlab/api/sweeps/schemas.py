@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from bnlab.api.experiments.schemas import Progress
+from bnlab.api.experiments.schemas import Annotations, Progress
 from bnlab.vocabulary import Status
 
 Verdict = Literal["BN better", "same", "BN worse"]
@@ -30,7 +30,7 @@ class SweepProgress(BaseModel):
     fraction: float
 
 
-class SweepOut(BaseModel):
+class SweepOut(Annotations):
     id: int
     status: Status = Field(
         description="queued or running until every cell has finished; then succeeded when all "
@@ -48,7 +48,7 @@ class SweepOut(BaseModel):
     )
 
 
-class SweepSummary(BaseModel):
+class SweepSummary(Annotations):
     """A sweep in a list: its status and how far its cells are."""
 
     id: int
