@@ -67,9 +67,9 @@ class Host:
             "BNLAB_DATA_DIR": str(self.folder / "data"),
         }
 
-    def start_worker(self, service: Service) -> subprocess.Popen:
-        """A `bnlab worker` in this host's namespace, under its hostname; logs to
-        `<name>.log` among the service's logs, stopped with the service."""
+    def start_worker(self, service: Service, cpus: set[int] | None = None) -> subprocess.Popen:
+        """A `bnlab worker` in this host's namespace, under its hostname, on `cpus` (default:
+        any); logs to `<name>.log` among the service's logs, stopped with the service."""
         command = [
             *("ip", "netns", "exec", self.name, "unshare", "--uts", "--"),
             *("sh", "-c", 'hostname "$0" && exec "$@"', self.name),
@@ -77,7 +77,11 @@ class Host:
         ]
         with open(service.logs / f"{self.name}.log", "ab") as log:
             process = subprocess.Popen(
-                command, env=self.env(service), stdout=log, stderr=subprocess.STDOUT
+                command,
+                env=self.env(service),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
             )
         service.processes[self.name] = process
         self.workers.append(process)
@@ -145,7 +149,8 @@ class Network:
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
 
 
-def _namespaces_unavailable() -> str | None:
+def namespaces_unavailable() -> str | None:
+    """Why this machine cannot make the hosts' namespaces, or None if it can."""
     if os.geteuid() != 0:
         return "creating network namespaces needs root"
     if shutil.which("ip") is None:
@@ -158,13 +163,10 @@ def _namespaces_unavailable() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def network() -> Iterator[Network]:
-    reason = _namespaces_unavailable()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; in CI the multi-host tests must run (as root)")
-        pytest.skip(reason)
+@contextmanager
+def private_network() -> Iterator[Network]:
+    """A bridge on a random private /24 (and random names, so runs side by side do not meet),
+    without hosts yet; removed with its hosts at the end."""
     tag = f"{random.randrange(16**4):04x}"
     network = Network(tag, f"10.{random.randrange(200, 250)}.{random.randrange(256)}")
     try:
@@ -172,6 +174,17 @@ def network() -> Iterator[Network]:
         yield network
     finally:
         network.remove()
+
+
+@pytest.fixture(scope="module")
+def network() -> Iterator[Network]:
+    reason = namespaces_unavailable()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; in CI the multi-host tests must run (as root)")
+        pytest.skip(reason)
+    with private_network() as network:
+        yield network
 
 
 @contextmanager
@@ -209,6 +222,7 @@ class Cluster:
     service: Service
     hosts: list[Host]
     s3_endpoint: str
+    folder: Path  # everything the API and the hosts keep locally
 
     def objects(self, prefix: str = "") -> dict[str, tuple[str, float]]:
         """The bucket's objects under `prefix`: key -> (ETag, last modified)."""
@@ -237,10 +251,17 @@ class Cluster:
 
 @contextmanager
 def running_cluster(
-    network: Network, folder: Path, data_dir: Path, hosts: int, **settings: str
+    network: Network,
+    folder: Path,
+    data_dir: Path,
+    hosts: int,
+    api_cpus: set[int] | None = None,
+    worker_cpus: set[int] | None = None,
+    **settings: str,
 ) -> Iterator[Cluster]:
     """PostgreSQL, Redis and S3 on the network's address, `bnlab migrate` and the API here, and
-    a worker on each of `hosts` new hosts; with FAULT_SETTINGS's short leases and `settings`."""
+    a worker on each of `hosts` new hosts; with FAULT_SETTINGS's short leases and `settings`.
+    `api_cpus`, `worker_cpus`: the cores those processes may run on (default: any)."""
     with ExitStack() as stack:
         postgres = stack.enter_context(running_postgres(network.address))
         redis = RedisServer(folder, host=network.address)
@@ -252,18 +273,23 @@ def running_cluster(
             data_dir,
             database_url=postgres.create_database(),
             broker_url=redis.url,
-            checkpoint_dir=str(folder / "shared-checkpoints"),
+            checkpoint_dir=f"s3://{BUCKET}/checkpoints",
             **{**FAULT_SETTINGS, **settings},
         )
         env.update(S3_CREDENTIALS, AWS_ENDPOINT_URL=endpoint)
         (folder / "api").mkdir()
-        service = stack.enter_context(running_service(folder / "api", env, workers=0))
+        anywhere = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, api_cpus or anywhere)  # the API started from here inherits it
+        try:
+            service = stack.enter_context(running_service(folder / "api", env, workers=0))
+        finally:
+            os.sched_setaffinity(0, anywhere)
         machines = [
             network.add_host(folder / f"host-{number}", data_dir) for number in range(hosts)
         ]
-        cluster = Cluster(service, machines, endpoint)
+        cluster = Cluster(service, machines, endpoint, folder)
         for host in machines:
-            host.start_worker(service)
+            host.start_worker(service, worker_cpus)
         cluster.wait_for_workers(hosts)
         yield cluster
 

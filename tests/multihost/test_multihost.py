@@ -56,7 +56,10 @@ def test_a_sweep_spreads_over_the_hosts_and_the_api_serves_their_checkpoints(
     }
     assert set(ran_on.values()) == {host.name for host in cluster.hosts}, ran_on
 
-    # The API host ran no worker: every checkpoint it serves came from another host.
+    # The API host ran no worker, and no host keeps a checkpoint in its own folders: every
+    # checkpoint the API serves, another host wrote to the object store.
+    assert not list(cluster.folder.rglob("*.safetensors"))
+    assert cluster.objects()
     pixels = [0.0] * 392 + [1.0] * 392
     for cell in cells:
         for variant in ("plain", "bn"):
@@ -85,12 +88,12 @@ def test_a_host_cut_off_mid_job_loses_it_and_writes_nothing_when_back(
         service.wait_for(cut_id, lambda e: experiment_row(service, cut_id)["lease_token"] == 2, 60)
         successor = experiment_row(service, cut_id)["worker"]
         assert cluster.host_of(successor) != cut, successor
+        assert service.wait_for(cut_id, finished)["status"] == "succeeded"
         resumed_at = re.search(
             rf"experiment {cut_id} resumes at step (\d+)",
             service.log(cluster.host_of(successor).name),
         )
         assert resumed_at and int(resumed_at[1]) >= 100, "the successor started over"
-        assert service.wait_for(cut_id, finished)["status"] == "succeeded"
         written = cluster.objects()
         curve = stored_curve(cluster, cut_id)
     finally:
