@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from bnlab.api.compare import routes as compare
 from bnlab.api.core import dashboard, errors, health, metrics, writes
 from bnlab.api.core.auth import require_token
 from bnlab.api.core.broker import Broker
@@ -71,6 +72,7 @@ def add_routes(app: FastAPI) -> None:
     app.include_router(events.router)
     app.include_router(events.sweep_router)
     app.include_router(sweeps.router)
+    app.include_router(compare.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     # The dashboard last: its mount at /static must not shadow an API route.

@@ -65,6 +65,12 @@ def list_experiments(
     return session.scalars(page).all(), total
 
 
+def get_experiments(session: Session, ids: Sequence[int]) -> Sequence[Experiment]:
+    """The experiments among `ids` that exist, with their runs, in no particular order."""
+    query = select(Experiment).where(Experiment.id.in_(ids))
+    return session.scalars(query.options(selectinload(Experiment.runs))).all()
+
+
 def run_of(experiment: Experiment, variant: Variant) -> Run:
     return next(run for run in experiment.runs if run.variant == variant)
 

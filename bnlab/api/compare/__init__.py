@@ -1,0 +1,1 @@
+"""GET /compare: several experiments side by side."""
