@@ -1,6 +1,10 @@
 """A sweep's report: per cell (or per cell over its seeds), how each variant did, and whether BN
 helped. The same rows as JSON, CSV and Markdown.
 
+Every variant is compared with `plain` where the cells trained it, else with the first variant
+they trained (the row's `against`); the study's own verdict and speed-up (bn against plain)
+keep their columns.
+
 Cells that differ only in their seed share a row: means, sample standard deviations and the
 fraction of seeds that reached 0.90, per variant; the study's "BN does not always work" as
 numbers. Only succeeded cells are summarized; a report of a running sweep says `complete: false`.
@@ -13,13 +17,22 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from bnlab.api.sweeps.schemas import ReportRow, SweepReport, VariantSummary, Verdict
+from bnlab.api.sweeps.schemas import (
+    Comparison,
+    Outcome,
+    ReportRow,
+    SweepReport,
+    VariantSummary,
+    Verdict,
+)
 from bnlab.store.queries import run_of
 from bnlab.store.tables import Experiment, Run, Sweep
 from bnlab.sweeps import varying_fields
-from bnlab.vocabulary import STATUSES, TERMINAL, VARIANTS, Status
+from bnlab.vocabulary import STATUSES, STUDY_VARIANTS, TERMINAL, VARIANTS, Status, Variant
 
 SUMMARY_FIELDS = tuple(VariantSummary.model_fields)
+COMPARISON_FIELDS = tuple(Comparison.model_fields)
+BN_VERDICTS: dict[Outcome, Verdict] = {"better": "BN better", "same": "same", "worse": "BN worse"}
 
 
 def build(sweep: Sweep, tolerance: float) -> SweepReport:
@@ -48,19 +61,46 @@ def status_counts(experiments: Sequence[Experiment]) -> dict[Status, int]:
 
 def _row(cells: list[Experiment], columns: list[str], tolerance: float) -> ReportRow:
     done = [cell for cell in cells if cell.status == "succeeded"]
-    plain = summarize([run_of(cell, "plain") for cell in done])
-    bn = summarize([run_of(cell, "bn") for cell in done])
-    gain, verdict = compare(plain, bn, tolerance) if done else (None, None)
+    trained = trained_variants(cells[0])  # the cells of a row differ in their seed only
+    summaries = {v: summarize([run_of(cell, v) for cell in done]) for v in trained}
+    against = "plain" if "plain" in summaries else trained[0]
+    comparisons = {
+        variant: _comparison(summaries[against], summary, tolerance, bool(done))
+        for variant, summary in summaries.items()
+        if variant != against
+    }
+    study = comparisons.get("bn", Comparison()) if against == "plain" else Comparison()
     return ReportRow(
         values={column: cells[0].spec.get(column) for column in columns},
         experiment_ids=[cell.id for cell in cells],
         seeds=[cell.spec.get("seed", 0) for cell in cells],
         done=len(done),
-        plain=plain,
-        bn=bn,
+        plain=summaries.get("plain", VariantSummary()),
+        bn=summaries.get("bn", VariantSummary()),
+        test_accuracy_gain=study.test_accuracy_gain,
+        verdict=BN_VERDICTS[study.verdict] if study.verdict else None,
+        speedup_90=study.speedup_90,
+        variants=summaries,
+        against=against,
+        comparisons=comparisons,
+    )
+
+
+def trained_variants(experiment: Experiment) -> list[Variant]:
+    asked = experiment.spec.get("variants", STUDY_VARIANTS)
+    return [variant for variant in VARIANTS if variant in asked]
+
+
+def _comparison(
+    reference: VariantSummary, other: VariantSummary, tolerance: float, done: bool
+) -> Comparison:
+    if not done:
+        return Comparison()
+    gain, verdict = compare(reference, other, tolerance)
+    return Comparison(
         test_accuracy_gain=gain,
         verdict=verdict,
-        speedup_90=_speedup(plain.steps_to_90, bn.steps_to_90),
+        speedup_90=_speedup(reference.steps_to_90, other.steps_to_90),
     )
 
 
@@ -87,19 +127,20 @@ def summarize(runs: Sequence[Run]) -> VariantSummary:
 
 
 def compare(
-    plain: VariantSummary, bn: VariantSummary, tolerance: float
-) -> tuple[float | None, Verdict]:
-    """bn's mean test accuracy minus plain's, and the verdict it gives at `tolerance`."""
-    if plain.test_accuracy is None or bn.test_accuracy is None:
+    reference: VariantSummary, other: VariantSummary, tolerance: float
+) -> tuple[float | None, Outcome]:
+    """`other`'s mean test accuracy minus `reference`'s, and the verdict it gives at
+    `tolerance`."""
+    if reference.test_accuracy is None or other.test_accuracy is None:
         # Every seed's net diverged on one side (or both): the one that trained wins.
-        if plain.test_accuracy is not None:
-            return None, "BN worse"
-        return None, "BN better" if bn.test_accuracy is not None else "same"
+        if reference.test_accuracy is not None:
+            return None, "worse"
+        return None, "better" if other.test_accuracy is not None else "same"
     # Rounded: test accuracies are multiples of 1/10,000, and 0.98 - 0.97 must be "same" at 0.01.
-    gain = round(bn.test_accuracy - plain.test_accuracy, 9)
+    gain = round(other.test_accuracy - reference.test_accuracy, 9)
     if abs(gain) <= tolerance:
         return gain, "same"
-    return gain, "BN better" if gain > 0 else "BN worse"
+    return gain, "better" if gain > 0 else "worse"
 
 
 def _mean(values: Sequence[float | int]) -> float | None:
@@ -112,24 +153,27 @@ def _std(values: Sequence[float]) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else None
 
 
-def _speedup(plain_steps: float | None, bn_steps: float | None) -> float | None:
-    if plain_steps is None or not bn_steps:
+def _speedup(reference_steps: float | None, other_steps: float | None) -> float | None:
+    if reference_steps is None or not other_steps:
         return None
-    return plain_steps / bn_steps
+    return reference_steps / other_steps
 
 
 # CSV: one flat line per row, the same numbers as the JSON.
 
 
 def to_csv(report: SweepReport) -> str:
+    variants, others = _variants_of(report), _beyond_the_pair(report)
     header = [
         *report.columns,
         "seeds",
         "done",
-        *(f"{variant}_{name}" for variant in VARIANTS for name in SUMMARY_FIELDS),
+        *(f"{variant}_{name}" for variant in variants for name in SUMMARY_FIELDS),
         "test_accuracy_gain",
         "verdict",
         "speedup_90",
+        *(["against"] if others else []),
+        *(f"{variant}_{name}" for variant in others for name in COMPARISON_FIELDS),
         "tolerance",
         "experiment_ids",
         "complete",
@@ -138,7 +182,8 @@ def to_csv(report: SweepReport) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     for row in report.rows:
-        summaries = (getattr(row, variant) for variant in VARIANTS)
+        summaries = (row.variants.get(variant, VariantSummary()) for variant in variants)
+        comparisons = (row.comparisons.get(variant, Comparison()) for variant in others)
         writer.writerow(
             [
                 *(_text(row.values[column]) for column in report.columns),
@@ -148,12 +193,28 @@ def to_csv(report: SweepReport) -> str:
                 _text(row.test_accuracy_gain),
                 row.verdict or "",
                 _text(row.speedup_90),
+                *([row.against or ""] if others else []),
+                *(_text(getattr(c, name)) for c in comparisons for name in COMPARISON_FIELDS),
                 report.tolerance,
                 ";".join(map(str, row.experiment_ids)),
                 _text(report.complete),
             ]
         )
     return out.getvalue()
+
+
+def _variants_of(report: SweepReport) -> list[Variant]:
+    """The variants any row trained, in the vocabulary's order (the study's pair if none)."""
+    trained = {variant for row in report.rows for variant in row.variants}
+    return [variant for variant in VARIANTS if variant in trained] or list(STUDY_VARIANTS)
+
+
+def _beyond_the_pair(report: SweepReport) -> list[Variant]:
+    """The variants compared beyond the study's bn against plain."""
+    compared = {
+        v for row in report.rows for v in row.comparisons if (v, row.against) != ("bn", "plain")
+    }
+    return [variant for variant in VARIANTS if variant in compared]
 
 
 def _text(value: Any) -> str:
@@ -196,7 +257,35 @@ def to_markdown(report: SweepReport) -> str:
     lines += [_md_line(header), _md_line(["---"] * len(header))]
     for row in report.rows:
         lines.append(_md_line(_md_cells(row, report.columns, several)))
+    others = _beyond_the_pair(report)
+    if others:
+        lines += ["", *_md_comparisons(report, others, several)]
     return "\n".join(lines) + "\n"
+
+
+def _md_comparisons(report: SweepReport, others: list[Variant], several: bool) -> list[str]:
+    """Each variant beyond the pair against its row's reference: test accuracy, verdict,
+    speed-up to 0.90."""
+    header = [*report.columns, "against"]
+    for variant in others:
+        header += [f"{variant} test", f"{variant} verdict", f"{variant} speed-up"]
+    lines = ["Each variant against `plain` (or, without it, the row's first variant):", ""]
+    lines += [_md_line(header), _md_line(["---"] * len(header))]
+    for row in report.rows:
+        cells = [_md_value(row.values[column]) for column in report.columns]
+        cells.append(row.against or "")
+        for variant in others:
+            summary, comparison = row.variants.get(variant), row.comparisons.get(variant)
+            if summary is None or comparison is None:
+                cells += ["not trained"] * 3
+                continue
+            pending = row.done == 0
+            cells.append("…" if pending else _md_accuracy(summary, "test_accuracy", several))
+            cells.append(comparison.verdict or "…")
+            speedup = comparison.speedup_90
+            cells.append("…" if pending else "n/a" if speedup is None else f"{speedup:.1f}x")
+        lines.append(_md_line(cells))
+    return lines
 
 
 def _legend(tolerance: float, several: bool) -> str:

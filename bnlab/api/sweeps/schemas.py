@@ -8,9 +8,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from bnlab.api.experiments.schemas import Annotations, Progress
-from bnlab.vocabulary import Status
+from bnlab.vocabulary import Status, Variant
 
 Verdict = Literal["BN better", "same", "BN worse"]
+# A variant against the row's reference variant, by test accuracy.
+Outcome = Literal["better", "same", "worse"]
 
 
 class SweepCell(BaseModel):
@@ -98,6 +100,22 @@ class VariantSummary(BaseModel):
     )
 
 
+class Comparison(BaseModel):
+    """One variant against its row's reference variant (`ReportRow.against`)."""
+
+    test_accuracy_gain: float | None = Field(
+        default=None, description="Its mean test accuracy minus the reference's."
+    )
+    verdict: Outcome | None = Field(
+        default=None, description="As `ReportRow.verdict`, for this variant. Null until done."
+    )
+    speedup_90: float | None = Field(
+        default=None,
+        description="The reference's steps to 0.90 divided by this variant's; null unless both "
+        "got there.",
+    )
+
+
 class ReportRow(BaseModel):
     values: dict[str, Any] = Field(description="The row's values of the varying fields.")
     experiment_ids: list[int] = Field(description="Its cells: one per seed.")
@@ -117,6 +135,19 @@ class ReportRow(BaseModel):
     speedup_90: float | None = Field(
         default=None,
         description="plain's steps to 0.90 divided by bn's; null unless both got there.",
+    )
+    variants: dict[Variant, VariantSummary] = Field(
+        default_factory=dict,
+        description="Every variant the row's cells trained (`plain` and `bn` above are empty "
+        "where they trained none).",
+    )
+    against: Variant | None = Field(
+        default=None,
+        description="What `comparisons` compare with: `plain` where the cells trained it, else "
+        "the first variant they trained.",
+    )
+    comparisons: dict[Variant, Comparison] = Field(
+        default_factory=dict, description="Each other variant against `against`."
     )
 
 
