@@ -231,7 +231,8 @@ class Handle:
 
 
 class Experiment(Handle):
-    """A handle on one experiment: a plain and a bn net trained side by side."""
+    """A handle on one experiment: its nets (plain and bn unless its spec names other
+    variants), trained side by side from the same initial weights on the same batches."""
 
     collection = "experiments"
 

@@ -260,7 +260,9 @@ def curve(
 
 
 def _show_curve(series: dict[Variant, dict[str, list[Any]]]) -> None:
-    table = Table("step", "plain val acc", "bn val acc", "plain loss", "bn loss")
+    """A row per sample point: each trained variant's validation accuracy, then its loss."""
+    variants = list(series)
+    table = Table("step", *(f"{v} val acc" for v in variants), *(f"{v} loss" for v in variants))
     # step -> (validation accuracy, training loss), per variant
     columns = {
         variant: {
@@ -273,10 +275,11 @@ def _show_curve(series: dict[Variant, dict[str, list[Any]]]) -> None:
     }
     steps = sorted({step for values in columns.values() for step in values})
     for step in steps:
-        plain = columns["plain"].get(step, (None, None))
-        bn = columns["bn"].get(step, (None, None))
+        points = [columns[variant].get(step, (None, None)) for variant in variants]
         table.add_row(
-            str(step), percent(plain[0]), percent(bn[0]), number(plain[1], 3), number(bn[1], 3)
+            str(step),
+            *(percent(accuracy) for accuracy, _ in points),
+            *(number(loss, 3) for _, loss in points),
         )
     console.print(table)
 
