@@ -19,7 +19,7 @@ import mimetypes
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -130,9 +130,12 @@ class Client:
         """An experiment already on the server."""
         return Experiment(self, self.get(f"/experiments/{experiment_id}"))
 
-    def experiments(self, status: Status | None = None, limit: int = 50) -> list["Experiment"]:
-        """Experiments, newest first."""
-        page = self.get("/experiments", status=status, limit=limit)
+    def experiments(
+        self, status: Status | None = None, tag: str | list[str] | None = None, limit: int = 50
+    ) -> list["Experiment"]:
+        """Experiments, newest first; only those with `status`, and with `tag` (all of them,
+        given a list), if given."""
+        page = self.get("/experiments", status=status, tag=tag, limit=limit)
         return [Experiment(self, item) for item in page["items"]]
 
     def sweep(
@@ -153,6 +156,17 @@ class Client:
     def existing_sweep(self, sweep_id: int) -> "Sweep":
         """A sweep already on the server."""
         return Sweep(self, self.get(f"/sweeps/{sweep_id}"))
+
+    def sweeps(self, tag: str | list[str] | None = None, limit: int = 50) -> list["Sweep"]:
+        """Sweeps, newest first; only those with `tag` (all of them, given a list), if given."""
+        page = self.get("/sweeps", tag=tag, limit=limit)
+        return [self.existing_sweep(item["id"]) for item in page["items"]]
+
+    def compare(self, experiment_ids: Sequence[int]) -> "Comparison":
+        """Several experiments side by side (2 to 8): every net's curve and results, labelled
+        by the spec fields that differ between them."""
+        ids = ",".join(str(experiment_id) for experiment_id in experiment_ids)
+        return Comparison(self, ids, self.get("/compare", experiments=ids))
 
     # HTTP, for the methods above and the CLI.
 
@@ -198,6 +212,16 @@ class Client:
         )
 
 
+class Unchanged:
+    """The default of `update(name=...)`, where None means "no name"."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED = Unchanged()
+
+
 class Handle:
     """What an experiment and a sweep handle share: `info`, the thing as the server last
     returned it; `status`, asked again until it has ended; cancel."""
@@ -227,6 +251,38 @@ class Handle:
     def cancel(self) -> Self:
         """Cancel it if queued; what is running stops at its next sample point."""
         self.info = self.client.post(f"{self.path}/cancel")
+        return self
+
+    @property
+    def name(self) -> str | None:
+        name: str | None = self.info.get("name")
+        return name
+
+    @property
+    def notes(self) -> str:
+        """A person's notes on it, in markdown."""
+        notes: str = self.info.get("notes") or ""
+        return notes
+
+    @property
+    def tags(self) -> list[str]:
+        tags: list[str] = self.info.get("tags") or []
+        return tags
+
+    def update(
+        self,
+        *,
+        name: str | Unchanged | None = UNCHANGED,
+        notes: str | None = None,
+        tags: list[str] | None = None,
+    ) -> Self:
+        """Give it a name (None removes it), markdown notes or tags (the whole new list); what
+        is left out stays as it is."""
+        body: dict[str, Any] = {"notes": notes, "tags": tags}
+        body = {key: value for key, value in body.items() if value is not None}
+        if not isinstance(name, Unchanged):
+            body["name"] = name
+        self.info = self.client.request("PATCH", self.path, json=body).json()
         return self
 
 
@@ -461,6 +517,46 @@ class Sweep(Handle):
         return figure
 
 
+class Comparison:
+    """Experiments side by side, as GET /compare answers: `info` holds `differing` (the spec
+    fields that differ), `experiments` (each with its curves) and `legend`."""
+
+    def __init__(self, client: Client, ids: str, info: dict[str, Any]):
+        self.client = client
+        self.ids = ids
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"<Comparison of experiments {self.ids}: {', '.join(self.info['differing'])}>"
+
+    def table(self) -> Any:
+        """A row per net: experiment_id, variant, label, then its results. A DataFrame where
+        pandas is installed, else a list of dicts."""
+        return _frame(self.info["table"])
+
+    def plot(self, ax: "Axes | None" = None) -> "Axes":
+        """Every net's validation accuracy on `ax` (default: the current axes), labelled as the
+        server's legend labels them; returns the axes."""
+        import matplotlib.pyplot as plt
+
+        ax = ax if ax is not None else plt.gca()
+        labels = {
+            (net["experiment_id"], net["variant"]): net["label"] for net in self.info["legend"]
+        }
+        for experiment in self.info["experiments"]:
+            for variant, values in experiment["series"].items():
+                label = labels[experiment["id"], variant]
+                ax.plot(values["step"], values["val_accuracy"], label=label)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("validation accuracy")
+        ax.legend()
+        return ax
+
+    def png(self) -> bytes:
+        """The comparison as the server plots it (PNG)."""
+        return self.client.request("GET", "/compare.png", params={"experiments": self.ids}).content
+
+
 class ProgressBar:
     """A tqdm.auto bar (a widget in Jupyter, text in a terminal); nothing where tqdm is not
     installed or `show` is false."""
@@ -511,13 +607,14 @@ def _describe_spec(spec: dict[str, Any]) -> str:
 
 
 def _flat_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A report row with its values first and each variant's summary as `<variant>_<name>`."""
+    """A report row with its values first, then each variant's summary and its comparison with
+    the row's reference variant as `<variant>_<name>`, then the rest (verdict, speedup_90, ...)."""
     flat = dict(row["values"])
-    for name, value in row.items():
-        if name in VARIANTS:
-            flat.update({f"{name}_{key}": item for key, item in value.items()})
-        elif name != "values":
-            flat[name] = value
+    for by_variant in (row["variants"], row["comparisons"]):
+        for variant, numbers in by_variant.items():
+            flat.update({f"{variant}_{name}": value for name, value in numbers.items()})
+    nested = {"values", "variants", "comparisons", *VARIANTS}
+    flat.update({name: value for name, value in row.items() if name not in nested})
     return flat
 
 
@@ -663,6 +760,7 @@ def follow(
 __all__ = [
     "ApiError",
     "Client",
+    "Comparison",
     "Experiment",
     "ExperimentCancelled",
     "ExperimentFailed",

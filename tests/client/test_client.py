@@ -236,6 +236,62 @@ def test_the_environment_chooses_the_server_and_token(
     assert Client().url == "http://127.0.0.1:8000"
 
 
+def test_update_names_notes_and_tags_an_experiment_found_by_its_tags(
+    client: Client, succeeded: Experiment
+) -> None:
+    tag = f"lesson-{succeeded.id}"
+    assert succeeded.update(name="relu, lr 0.5", notes="**BN** wins", tags=[tag, "relu"]) is (
+        succeeded
+    )
+    again = client.experiment(succeeded.id)  # as the server keeps it
+    assert (again.name, again.notes, set(again.tags)) == (
+        "relu, lr 0.5",
+        "**BN** wins",
+        {tag, "relu"},
+    )
+
+    succeeded.update(notes="BN wins, again")  # what is left out stays
+    assert (succeeded.name, succeeded.notes) == ("relu, lr 0.5", "BN wins, again")
+    assert set(succeeded.tags) == {tag, "relu"}
+    assert succeeded.update(name=None).name is None
+
+    assert [experiment.id for experiment in client.experiments(tag=tag)] == [succeeded.id]
+    assert [experiment.id for experiment in client.experiments(tag=[tag, "relu"])] == [succeeded.id]
+    assert client.experiments(tag=[tag, "sigmoid"]) == []
+    with pytest.raises(ApiError, match=r"a tag is 1 to .* letters, digits"):
+        succeeded.update(tags=["not a tag"])
+
+
+def test_compare_puts_experiments_side_by_side_naming_what_differs(
+    client: Client, succeeded: Experiment
+) -> None:
+    other = client.run(activation="sigmoid", **SMALL).wait(progress=False)
+    comparison = client.compare([succeeded.id, other.id])
+    assert comparison.info["differing"] == ["activation"]
+
+    table = comparison.table()
+    assert isinstance(table, pd.DataFrame)
+    assert sorted(zip(table.experiment_id, table.variant, strict=True)) == sorted(
+        (experiment, variant)
+        for experiment in (succeeded.id, other.id)
+        for variant in ("plain", "bn")
+    )
+    assert table.test_accuracy.between(0, 1).all()
+
+    figure, ax = plt.subplots()
+    try:
+        assert comparison.plot() is ax
+        labels = [line.get_label() for line in ax.get_lines()]
+        assert sorted(labels) == sorted(table.label)
+        assert sum("sigmoid" in label for label in labels) == 2
+    finally:
+        plt.close(figure)
+    assert comparison.png().startswith(b"\x89PNG")
+
+    with pytest.raises(ApiError, match="987654"):
+        client.compare([succeeded.id, 987654])
+
+
 def test_a_sweep_waits_for_its_cells_and_reports_plain_next_to_bn(client: Client) -> None:
     base = {key: SMALL[key] for key in ("batches_per_sample", "validation_size", "seed")}
     sweep = client.sweep(grid={"learning_rate": [0.5, 1]}, base={**base, "training_batches": 100})
@@ -248,6 +304,10 @@ def test_a_sweep_waits_for_its_cells_and_reports_plain_next_to_bn(client: Client
     for column in ("plain_test_accuracy", "bn_test_accuracy", "bn_steps_to_90", "verdict"):
         assert column in report.columns
     assert report.verdict.isin(["BN better", "same", "BN worse"]).all()
+
+    sweep.update(name="learning rates", tags=["lr-grid"])
+    assert [found.id for found in client.sweeps(tag="lr-grid")] == [sweep.id]
+    assert client.existing_sweep(sweep.id).name == "learning rates"
 
     cells = sweep.experiments
     assert [cell.status for cell in cells] == ["succeeded", "succeeded"]
