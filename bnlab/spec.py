@@ -73,7 +73,8 @@ class ExperimentSpec(BaseModel):
         ge=1,
         description=(
             "group_norm's groups in every hidden layer and conv layer; it must divide each "
-            "width and channel count. Default: the most, up to 32, that divide them all."
+            "width and channel count, 2 features a group or more. Default: the most, up to 32, "
+            "that divide them all into groups of 4 or more."
         ),
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
@@ -97,10 +98,13 @@ class ExperimentSpec(BaseModel):
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants: each at most once, not {self.variants}")
         widths = [*self.conv_channels, *self.hidden_layers]
-        if self.groups is not None and any(width % self.groups for width in widths):
+        # a group of one feature would normalize it to its beta, whatever the image
+        too_small = any(width < 2 * (self.groups or 1) for width in self.hidden_layers)
+        if self.groups is not None and (too_small or any(w % self.groups for w in widths)):
             raise ValueError(
                 f"groups ({self.groups}) must divide every hidden width and conv channel count "
-                f"({', '.join(map(str, widths))}): try {self._default_groups()}"
+                f"({', '.join(map(str, widths))}) and leave a hidden layer's groups 2 features "
+                f"or more: try {self._default_groups()}"
             )
         return self
 

@@ -31,8 +31,10 @@ from bnlab.vocabulary import BATCH_DEPENDENT, Activation, Variant
 
 IMAGE_SIDE = 28
 CONV_KERNEL = 5
-# GroupNorm's default: Wu & He's 32 groups, or the largest count below that every width divides.
+# GroupNorm's default: Wu & He's 32 groups, or the largest count below that every width divides
+# into groups of MIN_GROUP or more (a group of one feature would normalize it to its beta).
 MOST_GROUPS = 32
+MIN_GROUP = 4
 BIASED: frozenset[Variant] = frozenset({"plain", "bn_after"})  # hidden layers with a bias
 NORMALIZED_FIRST: frozenset[Variant] = frozenset({"bn", "layer_norm", "group_norm"})
 # What a net's checkpoint calls a normalization's tensors: "<prefix>.<layer>.<name>".
@@ -62,11 +64,17 @@ class Architecture:
 
     def norm_groups(self) -> int:
         """GroupNorm's groups per layer: as given, else the most, up to `MOST_GROUPS`, that
-        divide every hidden width and conv channel count (100 features: 25 groups of 4)."""
+        divide every hidden width and conv channel count into groups of `MIN_GROUP` or more
+        (100 features: 25 groups of 4), else 1."""
         if self.groups is not None:
             return self.groups
         widths = (*self.conv_channels, *self.hidden_layers)
-        return max(g for g in range(1, MOST_GROUPS + 1) if all(w % g == 0 for w in widths))
+        fitting = [
+            g
+            for g in range(1, MOST_GROUPS + 1)
+            if all(w % g == 0 and w // g >= MIN_GROUP for w in widths)
+        ]
+        return max(fitting, default=1)
 
     def weight_shapes(self) -> list[tuple[int, ...]]:
         """Shapes of the initial weights: conv kernels (out, in, k, k), then linear (out, in)."""

@@ -22,13 +22,14 @@ from bnlab.api.experiments.schemas import PredictionOut
 from bnlab.api.main import create_app
 from bnlab.api.predict.images import decode_digit
 from bnlab.api.predict.serving import LoadedNet, ServedNets
-from bnlab.models.checkpoint import load_net, sha256_of
+from bnlab.models.checkpoint import load_net, save_net, sha256_of
 from bnlab.models.inference import ServedNet
+from bnlab.models.network import NetStack, initial_weights
 from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.db import make_engine
 from bnlab.store.tables import Experiment
-from tests.api.conftest import add_checkpoints, add_experiment, tamper
+from tests.api.conftest import ARCH, WEIGHT_STD, add_checkpoints, add_experiment, tamper
 
 
 def digit(kind: str) -> np.ndarray:
@@ -586,3 +587,43 @@ def test_a_checkpoint_of_the_other_variant_is_not_served(
     response = predict(client, experiment.id, json={"pixels": pixels("1")})
     assert response.status_code == 409
     assert "holds a plain net" in response.json()["detail"]
+
+
+# --- the variants beyond the pair ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["bn_after", "layer_norm", "group_norm"])
+def test_mode_applies_only_where_the_answer_depends_on_the_batch(
+    client: TestClient, session: Session, tmp_path: Path, variant: str
+) -> None:
+    """bn_after's BN needs the batch, as bn's does; LayerNorm and GroupNorm answer an image
+    alone as they would among others, so their answers say `mode_applies: false`."""
+    experiment = add_experiment(session, status="succeeded", variants=["plain", variant])
+    stack = NetStack(ARCH, variant, [initial_weights(ARCH, WEIGHT_STD, seed=3)])  # type: ignore[arg-type]
+    with torch.no_grad():  # off their start, so that one image's batch statistics show
+        for parameter in stack.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    path = tmp_path / f"{variant}.safetensors"
+    sha256, size = save_net(path, stack.net_state(0), variant=variant, arch=ARCH, step=200)
+    queries.add_checkpoint(
+        session, queries.run_of(experiment, variant), 200, str(path), sha256, size
+    )  # type: ignore[arg-type]
+    session.commit()
+
+    answers = {
+        mode: predict(
+            client, experiment.id, json={"pixels": pixels("7")}, variant=variant, mode=mode
+        )
+        for mode in ("population", "batch", "fused")
+    }
+    assert all(a.status_code == 200 for a in answers.values()), answers
+    bodies = {mode: PredictionOut.model_validate(a.json()) for mode, a in answers.items()}
+    depends = variant == "bn_after"
+    assert all(body.mode_applies is depends for body in bodies.values())
+    assert all(body.variant == variant for body in bodies.values())
+    population = bodies["population"].probabilities
+    assert bodies["fused"].probabilities == pytest.approx(population, abs=1e-6)
+    if not depends:
+        assert bodies["batch"].probabilities == pytest.approx(population, abs=1e-5)
+    else:
+        assert bodies["batch"].probabilities != pytest.approx(population, abs=1e-3)

@@ -106,10 +106,12 @@ def test_group_norm_refuses_groups_that_do_not_divide_the_width() -> None:
         GroupNorm(1, 10, 3)
 
 
-def test_default_groups_are_the_most_up_to_32_that_divide_every_width() -> None:
+def test_default_groups_are_the_most_up_to_32_of_4_or_more_in_every_width() -> None:
     assert Architecture().norm_groups() == 25  # 100 features: 25 groups of 4
-    assert Architecture(hidden_layers=(64, 32)).norm_groups() == 32
-    assert Architecture(hidden_layers=(100,), conv_channels=(8, 16)).norm_groups() == 4
+    assert Architecture(hidden_layers=(256, 128)).norm_groups() == 32
+    assert Architecture(hidden_layers=(64, 32)).norm_groups() == 8  # groups of 4 at least
+    assert Architecture(hidden_layers=(100,), conv_channels=(8, 16)).norm_groups() == 2
+    assert Architecture(hidden_layers=(6,)).norm_groups() == 1  # no groups of 4: LayerNorm
     assert Architecture(groups=5).norm_groups() == 5
 
 
