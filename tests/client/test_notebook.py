@@ -52,3 +52,6 @@ def test_the_study_notebook_runs_start_to_finish(
     assert "the whole test set in batches of" in outputs(cell_with(code, "whole = collapse"))
     report = outputs(cell_with(code, "report = sweep.report()"))
     assert report.count("relu") == 2 and report.count("sigmoid") == 2
+    compared = cell_with(code, "client.compare(")
+    assert shows_an_image(compared) and "lr 0.1" in outputs(compared)
+    assert "['relu at lr 1']" in outputs(cell_with(code, "experiment.update("))
