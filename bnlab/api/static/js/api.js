@@ -45,6 +45,7 @@ export async function request(method, path, body) {
 
 export const get = (path) => request("GET", path);
 export const post = (path, body) => request("POST", path, body);
+export const patch = (path, body) => request("PATCH", path, body);
 
 function describe(status, data) {
   const detail = data && data.detail;

@@ -3,16 +3,20 @@
 
 import { setToken, token } from "./api.js";
 import { h, message } from "./dom.js";
+import { compareView } from "./views/compare.js";
 import { experimentView } from "./views/experiment.js";
 import { listView } from "./views/list.js";
 import { newView } from "./views/new.js";
 import { sweepView } from "./views/sweep.js";
 
+// A view's state (filters, what is compared, which variants show) is its URL's query, after the
+// path: `#/?tag=lesson`, `#/compare?experiments=1,4`. A link shows the same view.
 const ROUTES = [
-  [/^#?\/?$/, () => listView],
+  [/^#?\/?$/, (params) => (root, signal) => listView(root, signal, params)],
   [/^#\/new$/, () => newView],
-  [/^#\/experiments\/(\d+)$/, (id) => (root, signal) => experimentView(root, signal, Number(id))],
-  [/^#\/sweeps\/(\d+)$/, (id) => (root, signal) => sweepView(root, signal, Number(id))],
+  [/^#\/experiments\/(\d+)$/, (params, id) => (root, signal) => experimentView(root, signal, Number(id))],
+  [/^#\/sweeps\/(\d+)$/, (params, id) => (root, signal) => sweepView(root, signal, Number(id))],
+  [/^#\/compare$/, (params) => (root, signal) => compareView(root, signal, params)],
 ];
 
 let leaving = null;
@@ -23,12 +27,12 @@ async function route() {
   const { signal } = leaving; // this visit's: a later one replaces `leaving`
   const root = document.getElementById("view");
   root.replaceChildren(h("p", { class: "muted" }, "Loading…"));
-  const hash = location.hash || "#/";
+  const [hash, query = ""] = (location.hash || "#/").split("?", 2);
   for (const [pattern, make] of ROUTES) {
     const match = hash.match(pattern);
     if (!match) continue;
     try {
-      await make(...match.slice(1))(root, signal);
+      await make(new URLSearchParams(query), ...match.slice(1))(root, signal);
     } catch (error) {
       if (!signal.aborted) root.replaceChildren(message("error", error.message));
     }

@@ -2,6 +2,7 @@
 // results of plain vs bn, activation plots when the service has them, and the collapse demo.
 
 import { get, imageUrl, post } from "../api.js";
+import { annotations } from "../annotations.js";
 import { collapseDemo } from "../collapse.js";
 import { CurveChart, follow, VARIANTS } from "../curve.js";
 import { accuracy, count, describeSpec, h, message, progressBar, statusBadge, TERMINAL } from "../dom.js";
@@ -24,12 +25,15 @@ export async function experimentView(root, signal, id) {
   if (signal.aborted) return; // the user has gone elsewhere meanwhile
   const head = h("div", { class: "head" });
   const notes = h("div");
+  // Rendered once: progress updates redraw the head, never a note being edited.
+  const annotated = annotations(`/experiments/${id}`, experiment);
   const progress = h("div");
   const results = h("div");
   const after = h("div");
   const chartBox = h("div", { class: "chart", "data-testid": "curve" });
   root.replaceChildren(
     head,
+    annotated,
     notes,
     progress,
     h("section", {}, h("h2", {}, "Validation accuracy"), chartBox),

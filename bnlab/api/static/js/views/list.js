@@ -3,28 +3,69 @@
 
 import { ApiError, get } from "../api.js";
 import { sleep } from "../curve.js";
+import { tagChips } from "../annotations.js";
 import { accuracy, count, describeSpec, h, message, statusBadge } from "../dom.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
 const PAGE = 50;
 const REFRESH_MS = 2000;
 
-export async function listView(root, signal) {
-  const state = { status: "", offset: 0 };
+export async function listView(root, signal, params = new URLSearchParams()) {
+  // The filters, the page and the experiments ticked for comparison live in the URL.
+  const state = {
+    status: params.get("status") || "",
+    tag: params.get("tag") || "",
+    offset: Math.max(0, Number(params.get("offset")) || 0),
+    selected: new Set((params.get("selected") || "").split(",").filter(Boolean).map(Number)),
+  };
+  const remember = () => {
+    const query = new URLSearchParams();
+    if (state.status) query.set("status", state.status);
+    if (state.tag) query.set("tag", state.tag);
+    if (state.offset) query.set("offset", state.offset);
+    if (state.selected.size) query.set("selected", [...state.selected].join(","));
+    history.replaceState(null, "", `#/${query.size ? `?${query}` : ""}`);
+  };
   const experiments = h("div");
   const sweeps = h("div");
+  const changed = () => ((state.offset = 0), remember(), refresh());
   const filter = h(
     "select",
-    {
-      "aria-label": "status",
-      onchange: () => ((state.status = filter.value), (state.offset = 0), refresh()),
-    },
+    { "aria-label": "status", onchange: () => ((state.status = filter.value), changed()) },
     h("option", { value: "" }, "any status"),
-    STATUSES.map((status) => h("option", { value: status }, status)),
+    STATUSES.map((status) => h("option", { value: status, selected: status === state.status }, status)),
   );
+  const tagFilter = h("input", {
+    "aria-label": "tag",
+    name: "tag",
+    placeholder: "tag",
+    value: state.tag,
+    onchange: () => ((state.tag = tagFilter.value.trim()), changed()),
+  });
+  const compare = h("a", { class: "button", "data-testid": "compare-selected" }, "Compare ticked");
+  const showSelection = () => {
+    const ids = [...state.selected];
+    compare.hidden = ids.length < 2;
+    compare.href = `#/compare?${new URLSearchParams({ experiments: ids.join(",") })}`;
+  };
+  state.toggle = (id, on) => {
+    if (on) state.selected.add(id);
+    else state.selected.delete(id);
+    remember();
+    showSelection();
+  };
+  state.remember = remember;
+  showSelection();
   root.replaceChildren(
     h("h1", {}, "Experiments"),
-    h("p", { class: "toolbar" }, h("a", { class: "button", href: "#/new" }, "New experiment"), filter),
+    h(
+      "p",
+      { class: "toolbar" },
+      h("a", { class: "button", href: "#/new" }, "New experiment"),
+      filter,
+      tagFilter,
+      compare,
+    ),
     experiments,
     h("h2", {}, "Sweeps"),
     sweeps,
@@ -35,13 +76,14 @@ export async function listView(root, signal) {
     try {
       const query = new URLSearchParams({ limit: PAGE, offset: state.offset });
       if (state.status) query.set("status", state.status);
+      if (state.tag) query.set("tag", state.tag);
       const page = await get(`/experiments?${query}`);
       if (signal.aborted) return;
       experiments.replaceChildren(experimentsTable(page, state, refresh));
       let listed = null;
       if (sweepList) {
         try {
-          listed = await get("/sweeps");
+          listed = await get(`/sweeps${state.tag ? `?${new URLSearchParams({ tag: state.tag })}` : ""}`);
         } catch (error) {
           if (!(error instanceof ApiError && (error.missingRoute || error.status === 405))) throw error;
           sweepList = false;
@@ -60,15 +102,32 @@ export async function listView(root, signal) {
 
 function experimentsTable(page, state, refresh) {
   if (!page.total) {
+    if (state.tag || state.status) return message("info", "No experiments match these filters.");
     return message("info", "No experiments yet: start one with “New experiment”.");
   }
   const rows = page.items.map((e) =>
     h(
       "tr",
       { "data-experiment": e.id },
+      h(
+        "td",
+        {},
+        h("input", {
+          type: "checkbox",
+          "aria-label": `compare #${e.id}`,
+          checked: state.selected.has(e.id),
+          onchange: (event) => state.toggle(e.id, event.target.checked),
+        }),
+      ),
       h("td", {}, h("a", { href: `#/experiments/${e.id}` }, `#${e.id}`)),
       h("td", {}, statusBadge(e.status)),
-      h("td", {}, h("a", { href: `#/experiments/${e.id}` }, describeSpec(e.spec))),
+      h(
+        "td",
+        {},
+        h("a", { href: `#/experiments/${e.id}` }, e.name ? `${e.name} · ` : "", describeSpec(e.spec)),
+        " ",
+        tagChips(e.tags),
+      ),
       h("td", {}, progressCell(e)),
       h("td", { class: "number" }, accuracy(e.results.plain?.test_accuracy)),
       h("td", { class: "number" }, accuracy(e.results.bn?.test_accuracy)),
@@ -77,6 +136,7 @@ function experimentsTable(page, state, refresh) {
   );
   const move = (offset) => () => {
     state.offset = Math.max(0, offset);
+    state.remember();
     refresh();
   };
   const last = Math.min(page.offset + page.items.length, page.total);
@@ -92,7 +152,7 @@ function experimentsTable(page, state, refresh) {
         h(
           "tr",
           {},
-          ["", "status", "experiment", "progress", "plain test acc", "bn test acc", "created"].map((t) =>
+          ["compare", "", "status", "experiment", "progress", "plain test acc", "bn test acc", "created"].map((t) =>
             h("th", {}, t),
           ),
         ),
@@ -139,8 +199,9 @@ function sweepsView(listed, experiments) {
       h(
         "tr",
         {},
-        h("td", {}, h("a", { href: `#/sweeps/${sweep.id}` }, `sweep #${sweep.id}`)),
+        h("td", {}, h("a", { href: `#/sweeps/${sweep.id}` }, `sweep #${sweep.id}`, sweep.name ? ` · ${sweep.name}` : "")),
         h("td", {}, sweep.status ? statusBadge(sweep.status) : ""),
+        h("td", {}, tagChips(sweep.tags)),
         h("td", {}, sweepProgress(sweep)),
       ),
     );

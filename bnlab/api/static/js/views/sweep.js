@@ -2,6 +2,7 @@
 // plot (report.png), and a grid of its cells' curves. Refreshed until every cell has finished.
 
 import { ApiError, get, imageUrl } from "../api.js";
+import { annotations } from "../annotations.js";
 import { CurveChart, sleep } from "../curve.js";
 import { accuracy, count, h, message, statusBadge, TERMINAL } from "../dom.js";
 
@@ -28,6 +29,7 @@ export async function sweepView(root, signal, id) {
   const grid = h("div", { class: "grid", "data-testid": "curve-grid" });
   root.replaceChildren(
     head,
+    annotations(`/sweeps/${id}`, sweep),
     h("section", {}, h("h2", {}, "Report"), report),
     h("section", {}, h("h2", {}, "Curves"), grid),
     h("section", {}, h("h2", {}, "Report plot"), plot),
