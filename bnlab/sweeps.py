@@ -77,6 +77,13 @@ class SweepRequest(BaseModel):
                     },
                     "base": {"training_batches": 2000, "batches_per_sample": 50},
                 },
+                {
+                    "grid": {
+                        "variants": [["plain", "bn", "bn_after"], ["plain", "layer_norm"]],
+                        "learning_rate": [0.01, 1.0],
+                    },
+                    "base": {"training_batches": 2000, "batches_per_sample": 50},
+                },
             ]
         },
     )
@@ -88,7 +95,8 @@ class SweepRequest(BaseModel):
     )
     grid: dict[str, list[Any]] = Field(
         default_factory=dict,
-        description="Experiment fields and the values to try: every combination is a cell.",
+        description="Experiment fields and the values to try: every combination is a cell "
+        '(`"variants"` too: each value a list of variants).',
     )
     base: dict[str, Any] = Field(
         default_factory=dict, description="Experiment fields shared by every cell."
