@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markdown import Markdown
 from rich.table import Table
 
 from bnlab.client import DEFAULT_URL, Experiment, raise_unless_succeeded
@@ -144,31 +145,38 @@ def _wait_quietly(experiment: Experiment) -> dict[str, Any]:
 @reports_errors
 def list_experiments(
     status: Annotated[Status | None, typer.Option(help="Only those with this status.")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="Only those with this tag; repeat for all of several.")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="At most this many.")] = 50,
     url: Url = DEFAULT_URL,
     token: Token = None,
     json: Json = False,
 ) -> None:
     """Experiments, newest first."""
-    query = {"status": status, "limit": limit}
+    query = {"status": status, "tag": tag, "limit": limit}
     print_answer(
         url, token, json, ask=lambda client: client.get("/experiments", **query), show=_show_page
     )
 
 
 def _show_page(page: dict[str, Any]) -> None:
-    table = Table("id", "status", "activation", "lr", "init", "steps", "plain test", "bn test")
+    table = Table(
+        "id", "name", "status", "activation", "lr", "init", "steps", "plain test", "bn test"
+    )
     for experiment in page["items"]:
         spec, progress, results = experiment["spec"], experiment["progress"], experiment["results"]
         table.add_row(
             str(experiment["id"]),
+            experiment["name"] or "",
             experiment["status"],
             str(spec.get("activation", "?")),
             str(spec.get("learning_rate", "?")),
             _init(spec),
             f"{progress['step']}/{progress['total']}",
-            percent(results["plain"]["test_accuracy"]),
-            percent(results["bn"]["test_accuracy"]),
+            # An experiment may train other variants than the pair.
+            percent(results.get("plain", {}).get("test_accuracy")),
+            percent(results.get("bn", {}).get("test_accuracy")),
         )
     console.print(table)
     console.print(f"{len(page['items'])} of {page['total']}")
@@ -202,11 +210,48 @@ def _show_experiment(experiment: dict[str, Any]) -> None:
         f"{spec.get('dataset')}, {spec.get('activation')}, lr {spec.get('learning_rate')}, "
         f"{_init(spec)} initial weights, step {progress['step']}/{progress['total']}"
     )
+    if experiment["name"]:
+        console.print(f"name: {experiment['name']}", markup=False)
+    if experiment["tags"]:
+        console.print(f"tags: {', '.join(experiment['tags'])}", markup=False)
     if experiment.get("error"):
         console.print(f"error: {experiment['error']}", markup=False)
     if experiment.get("notice"):
         console.print(f"note: {experiment['notice']}", markup=False)
     _show_results(experiment, titled=False)
+    if experiment["notes"]:
+        console.print(Markdown(experiment["notes"]))
+
+
+@app.command()
+@reports_errors
+def annotate(
+    experiment_id: ExperimentId,
+    name: Annotated[str | None, typer.Option(help="One line to call it by.")] = None,
+    notes: Annotated[str | None, typer.Option(help="Notes, in markdown (replaces them).")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="A tag; repeat for several (replaces its tags).")
+    ] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    json: Json = False,
+) -> None:
+    """Give an experiment a name, notes or tags; what is not given stays as it is."""
+    print_answer(
+        url,
+        token,
+        json,
+        ask=lambda client: _annotated(client.experiment(experiment_id), name, notes, tag),
+        show=_show_experiment,
+    )
+
+
+def _annotated(
+    experiment: Experiment, name: str | None, notes: str | None, tags: list[str] | None
+) -> dict[str, Any]:
+    # Without --name the name stays (None would remove it).
+    named = {"name": name} if name is not None else {}
+    return experiment.update(notes=notes, tags=tags, **named).info
 
 
 def _show_results(experiment: dict[str, Any], titled: bool = True) -> None:

@@ -120,6 +120,28 @@ def test_list_show_and_curve_read_the_experiment(
     assert "300" in plotted.stdout  # the table's last row
 
 
+def test_annotate_names_notes_and_tags_an_experiment_shown_and_listed_by_tag(
+    url: str, succeeded: dict[str, Any]
+) -> None:
+    experiment = str(succeeded["id"])
+    tag = f"lesson-{experiment}"
+    result = bnlab(
+        "experiment", "annotate", experiment, "--name", "relu, lr 0.5", "--notes",
+        "BN *wins*", "--tag", tag, "--tag", "relu", "--url", url,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    shown = bnlab("experiment", "show", experiment, "--url", url)
+    assert shown.exit_code == 0, shown.output
+    assert "name: relu, lr 0.5" in shown.stdout
+    assert tag in shown.stdout and "BN wins" in shown.stdout  # the notes, rendered
+    listed = json_of(bnlab("experiment", "list", "--tag", tag, "--json", "--url", url))
+    assert [item["id"] for item in listed["items"]] == [succeeded["id"]]
+
+    bad = bnlab("experiment", "annotate", experiment, "--tag", "not a tag", "--url", url)
+    assert bad.exit_code == 1
+    assert bad.stderr.startswith("bnlab: ") and "a tag is" in bad.stderr
+
+
 def test_bnlab_url_in_the_environment_chooses_the_server(url: str) -> None:
     listed = json_of(bnlab("experiment", "list", "--json", BNLAB_URL=url))
     assert "items" in listed
