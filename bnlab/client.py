@@ -387,8 +387,8 @@ class Experiment(Handle):
         return self.client.request("GET", f"{self.path}/curve.png").content
 
     def plot(self, ax: "Axes | None" = None) -> "Axes":
-        """Validation accuracy against training step, plain and bn, on `ax` (default: the
-        current matplotlib axes); returns the axes."""
+        """Validation accuracy against training step, a line per net (plain and bn), on `ax`
+        (default: the current matplotlib axes); returns the axes."""
         import matplotlib.pyplot as plt
 
         ax = ax if ax is not None else plt.gca()
