@@ -26,12 +26,13 @@ T = TypeVar("T")
 FileSystem = Any  # fsspec's AbstractFileSystem (fsspec ships no type information)
 # A write that fails for longer than this (the store down, restarting, or refusing) gives up.
 RETRY_SECONDS = 60.0
+# What a read or an existence check raises at once: no object is an answer, not a fault.
+MISSING = (FileNotFoundError,)
 PROBE = ".bnlab-probe"
 # botocore says at INFO where it found the endpoint and the credentials, on every start and in
 # every process: noise in bnlab's log (its warnings and errors still show).
 for _chatty in ("botocore", "aiobotocore"):
     logging.getLogger(_chatty).setLevel(logging.WARNING)
-MISSING = (FileNotFoundError,)
 
 
 class StoreError(Exception):
