@@ -54,9 +54,10 @@ from bnlab.models.data import to_inputs
 from bnlab.models.network import NetStack
 
 WRITTEN_OUT = ("relu", "sigmoid", "tanh", "leaky_relu", "elu")
-# The study's pair. The other variants train through autograd: traced, it already runs them
-# faster than the loop a user would write (bench/variants.py), so a second written-out
-# derivative of BN after the activation, LayerNorm and GroupNorm would buy little.
+# The study's pair. The other variants train through the traced autograd step, at 0.65-0.87x
+# the per-net throughput of the loop a user would write (bench/RESULTS.md, "Variants"): writing
+# their derivatives out here (native_layer_norm_backward, native_group_norm_backward, BN after
+# the activation) is what would bring them to the pair's 1.4-1.5x.
 WRITTEN_OUT_VARIANTS = ("plain", "bn")
 
 

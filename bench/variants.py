@@ -1,0 +1,122 @@
+"""The five variants (issue 11) against the loops a user would write for them.
+
+Per variant: its lane in bnlab's trainer (one cell, that variant alone) against `nn.Sequential`
+with torch's module for it (`nn.BatchNorm1d` after `nn.ReLU`, `nn.LayerNorm`, `nn.GroupNorm`),
+`torch.optim.SGD` and a random index per batch, same shapes, steps and sampling. Then all five
+in one trainer (a lane per variant, sharing the cores) against the five loops run one after the
+other. Fashion-MNIST, the study's 784-100-100-100-10 ReLU MLP. Each figure is the fastest of
+`--repeats` runs, the loop and the lane taking turns, so that a busy machine's worst moments
+count against neither.
+
+    python bench/variants.py --data-dir /tmp/fdata --steps 3000
+
+The data dir must hold FashionMNIST/raw (see bench/engine.py).
+"""
+
+import argparse
+import time
+from collections.abc import Sequence
+from itertools import pairwise
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bnlab.models.batchnorm import EPSILON, MOMENTUM
+from bnlab.models.data import Splits, load_splits, to_inputs
+from bnlab.models.network import Architecture
+from bnlab.models.trainer import Cell, TrainingSpec, build_trainer
+from bnlab.vocabulary import VARIANTS, Variant
+
+CPU = torch.device("cpu")
+ARCH = Architecture()
+
+
+def hidden_layer(variant: Variant, n_in: int, n_out: int) -> list[nn.Module]:
+    """One hidden layer as a user would write it with torch's modules."""
+    linear = nn.Linear(n_in, n_out, bias=variant in ("plain", "bn_after"))
+    bn = nn.BatchNorm1d(n_out, eps=EPSILON, momentum=MOMENTUM)
+    if variant == "plain":
+        return [linear, nn.ReLU()]
+    if variant == "bn":
+        return [linear, bn, nn.ReLU()]
+    if variant == "bn_after":
+        return [linear, nn.ReLU(), bn]
+    if variant == "layer_norm":
+        return [linear, nn.LayerNorm(n_out, eps=EPSILON), nn.ReLU()]
+    return [linear, nn.GroupNorm(ARCH.norm_groups(), n_out, eps=EPSILON), nn.ReLU()]
+
+
+def user_loop(splits: Splits, variant: Variant, spec: TrainingSpec) -> float:
+    """Seconds for the obvious loop of one net, sampling validation accuracy as the trainer."""
+    torch.manual_seed(spec.seed)
+    widths = [784, *ARCH.hidden_layers]
+    layers = [m for n_in, n_out in pairwise(widths) for m in hidden_layer(variant, n_in, n_out)]
+    net = nn.Sequential(*layers, nn.Linear(widths[-1], 10))
+    optimizer = torch.optim.SGD(net.parameters(), lr=spec.learning_rate)
+    images = to_inputs(splits.train.images).flatten(1)
+    labels = splits.train.labels
+    val_images = to_inputs(splits.validation.images).flatten(1)
+    start = time.perf_counter()
+    for step in range(spec.training_batches):
+        index = torch.randint(len(labels), (spec.batch_size,))
+        loss = nn.functional.cross_entropy(net(images[index]), labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % spec.batches_per_sample == 0:
+            net.eval()
+            with torch.no_grad():
+                (net(val_images).argmax(1) == splits.validation.labels).float().mean().item()
+            net.train()
+    return time.perf_counter() - start
+
+
+def trainer_run(splits: Splits, variants: Sequence[Variant], spec: TrainingSpec) -> float:
+    trainer = build_trainer(ARCH, [Cell("cell", spec)], splits, CPU, "torch", variants)
+    start = time.perf_counter()
+    trainer.run(lambda sample: None)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--sample-every", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch's intra-op threads (0: torch's default)"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    splits = load_splits(args.dataset, args.data_dir, download=False)
+    spec = TrainingSpec(training_batches=args.steps, batches_per_sample=args.sample_every)
+    warm_up = TrainingSpec(training_batches=100, batches_per_sample=100)
+    for variant in VARIANTS:
+        user_loop(splits, variant, warm_up)
+        trainer_run(splits, [variant], warm_up)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps")
+    loops: dict[Variant, float] = {}
+    for variant in VARIANTS:
+        loops[variant], lane = float("inf"), float("inf")
+        for _ in range(args.repeats):
+            loops[variant] = min(loops[variant], user_loop(splits, variant, spec))
+            lane = min(lane, trainer_run(splits, [variant], spec))
+        print(
+            f"{variant:>10}: user loop {args.steps / loops[variant]:6.0f} steps/s, "
+            f"bnlab lane {args.steps / lane:6.0f} steps/s: {loops[variant] / lane:.2f}x"
+        )
+    five = min(trainer_run(splits, VARIANTS, spec) for _ in range(args.repeats))
+    one_after_another = sum(loops.values())
+    print(
+        f"all five in one trainer: {five:.1f} s; the five user loops one after the other: "
+        f"{one_after_another:.1f} s: {five / one_after_another:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
