@@ -23,10 +23,11 @@ would otherwise run forever. A worker that hands its job back (`hand_back`) lose
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, String, case, cast, func, or_, update
+from sqlalchemy import ColumnElement, String, case, cast, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from bnlab.store.tables import Experiment, utc_now
+from bnlab.vocabulary import TERMINAL
 
 
 class LeaseLost(Exception):
@@ -94,6 +95,17 @@ def hold(session: Session, lease: Lease) -> bool:
     if cancel_requested is None:
         raise lease.lost()
     return cancel_requested
+
+
+def ended_by_holder(session: Session, lease: Lease) -> bool:
+    """Whether the row still carries this lease's token at a terminal status: the job was
+    finished under this lease (not taken by another worker) when `hold` raised `LeaseLost`."""
+    status = session.scalar(
+        select(Experiment.status).where(
+            Experiment.id == lease.experiment_id, Experiment.lease_token == lease.token
+        )
+    )
+    return status in TERMINAL
 
 
 def hand_back(session: Session, lease: Lease) -> None:

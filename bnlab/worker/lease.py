@@ -54,8 +54,18 @@ class LeaseKeeper:
                     session.commit()
                 self.renewed(cancel_requested)
             except LeaseLost as lost:
-                log.warning("%s; this worker writes nothing more for it", lost)
-                self.lost.set()
+                # The job's last write may have finished the experiment between two beats:
+                # that is the end of the lease, not a loss.
+                if not self._ended_by_holder():
+                    log.warning("%s; this worker writes nothing more for it", lost)
+                    self.lost.set()
                 return
             except SQLAlchemyError as error:  # the database may be restarting: beat again later
                 log.warning("lease heartbeat failed: %s", type(error).__name__)
+
+    def _ended_by_holder(self) -> bool:
+        try:
+            with self.sessions() as session:
+                return leases.ended_by_holder(session, self.lease)
+        except SQLAlchemyError:  # cannot tell: a loss, the safe side (this job writes no more)
+            return False

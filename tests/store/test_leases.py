@@ -1,5 +1,7 @@
 """Leases with fencing tokens and the reaper's queries, on SQLite and PostgreSQL alike."""
 
+import logging
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -14,6 +16,7 @@ from bnlab.store.leases import Lease, LeaseLost, Reaped
 from bnlab.store.migrate import upgrade
 from bnlab.store.retry import in_transaction
 from bnlab.store.tables import Experiment, utc_now
+from bnlab.worker.lease import LeaseKeeper
 
 SPEC = {"activation": "relu"}
 MAX_LOSSES = 3  # the default of BNLAB_MAX_WORKER_LOSSES
@@ -234,3 +237,27 @@ def test_handing_a_job_back_is_no_loss(sessions: sessionmaker[Session], experime
             session.commit()
     stored = row(sessions, experiment_id)
     assert (stored.status, stored.worker_losses) == ("queued", 0)
+
+
+def test_the_lease_keeper_tells_a_job_finished_under_its_lease_from_a_lease_taken(
+    sessions: sessionmaker[Session], experiment_id: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The keeper's last beat can land after the job's own write marked it succeeded.
+    lease = claim(sessions, experiment_id, "worker-a")
+    assert lease is not None
+    set_row(sessions, experiment_id, status="succeeded")
+    with caplog.at_level(logging.WARNING, logger="bnlab.worker.lease"):
+        with LeaseKeeper(sessions, lease, interval=0.01) as keeper:
+            time.sleep(0.3)
+        assert not keeper.lost.is_set()
+        assert not caplog.messages
+
+        # Taken by another worker (a stale heartbeat): that is a loss, and said so.
+        set_row(sessions, experiment_id, status="running", heartbeat_at=now_minus(60))
+        assert claim(sessions, experiment_id, "worker-b") is not None
+        with LeaseKeeper(sessions, lease, interval=0.01) as keeper:
+            assert keeper.lost.wait(5)
+    assert caplog.messages == [
+        f"experiment {experiment_id}: lease 1 of worker-a was taken; "
+        "this worker writes nothing more for it"
+    ]
