@@ -11,7 +11,7 @@ from bnlab.api.core.plotting import LABELS
 from bnlab.api.experiments.schemas import MAX_ID, RunResults, Series
 from bnlab.api.sweeps.plots import label
 from bnlab.store import queries
-from bnlab.store.tables import Experiment
+from bnlab.store.tables import Experiment, Run
 from bnlab.sweeps import varying_fields
 
 MIN_COMPARED, MAX_COMPARED = 2, 8  # eight lines of distinct colours on one plot
@@ -45,16 +45,7 @@ def load(session: Session, ids: Sequence[int]) -> list[Experiment]:
 def compare(session: Session, experiments: Sequence[Experiment]) -> Comparison:
     differing = varying_fields([experiment.spec for experiment in experiments])
     compared = [_compared(session, experiment, differing) for experiment in experiments]
-    nets = [
-        (
-            Net(
-                experiment_id=e.id, variant=run.variant, label=_net_label(e, run.variant, differing)
-            ),
-            run,
-        )
-        for e in experiments
-        for run in sorted(e.runs, key=lambda r: r.id)
-    ]
+    nets = [net for experiment in experiments for net in _nets(experiment, differing)]
     return Comparison(
         differing=differing,
         experiments=compared,
@@ -79,10 +70,22 @@ def _compared(session: Session, experiment: Experiment, differing: list[str]) ->
     )
 
 
+def _nets(experiment: Experiment, differing: list[str]) -> list[tuple[Net, Run]]:
+    """Each of its nets, in the order of its spec, with its run's results."""
+    named = _label(experiment, differing)
+    return [
+        (
+            Net(experiment_id=experiment.id, variant=run.variant, label=f"{named}, {_words(run)}"),
+            run,
+        )
+        for run in sorted(experiment.runs, key=lambda run: run.id)
+    ]
+
+
+def _words(run: Run) -> str:
+    return LABELS.get(run.variant, run.variant)
+
+
 def _label(experiment: Experiment, differing: list[str]) -> str:
     values = label(experiment.spec, differing)
     return f"#{experiment.id} {values}" if values else f"#{experiment.id}"
-
-
-def _net_label(experiment: Experiment, variant: str, differing: list[str]) -> str:
-    return f"{_label(experiment, differing)}, {LABELS.get(variant, variant)}"

@@ -1,5 +1,5 @@
-// Experiments, newest first, and sweeps, each with status and progress; refreshed every few
-// seconds so running ones move.
+// Experiments, newest first, and sweeps, each with status, progress and tags; refreshed every few
+// seconds so running ones move. Filter by status or tag; tick experiments to compare them.
 
 import { ApiError, get } from "../api.js";
 import { sleep } from "../curve.js";
@@ -48,13 +48,12 @@ export async function listView(root, signal, params = new URLSearchParams()) {
     compare.hidden = ids.length < 2;
     compare.href = `#/compare?${new URLSearchParams({ experiments: ids.join(",") })}`;
   };
-  state.toggle = (id, on) => {
+  const tick = (id, on) => {
     if (on) state.selected.add(id);
     else state.selected.delete(id);
     remember();
     showSelection();
   };
-  state.remember = remember;
   showSelection();
   root.replaceChildren(
     h("h1", {}, "Experiments"),
@@ -79,7 +78,7 @@ export async function listView(root, signal, params = new URLSearchParams()) {
       if (state.tag) query.set("tag", state.tag);
       const page = await get(`/experiments?${query}`);
       if (signal.aborted) return;
-      experiments.replaceChildren(experimentsTable(page, state, refresh));
+      experiments.replaceChildren(experimentsTable(page, state, { refresh, remember, tick }));
       let listed = null;
       if (sweepList) {
         try {
@@ -100,7 +99,8 @@ export async function listView(root, signal, params = new URLSearchParams()) {
   }
 }
 
-function experimentsTable(page, state, refresh) {
+// `on`: refresh() the list, remember() the state in the URL, tick(id, checked) for comparison.
+function experimentsTable(page, state, on) {
   if (!page.total) {
     if (state.tag || state.status) return message("info", "No experiments match these filters.");
     return message("info", "No experiments yet: start one with “New experiment”.");
@@ -116,7 +116,7 @@ function experimentsTable(page, state, refresh) {
           type: "checkbox",
           "aria-label": `compare #${e.id}`,
           checked: state.selected.has(e.id),
-          onchange: (event) => state.toggle(e.id, event.target.checked),
+          onchange: (event) => on.tick(e.id, event.target.checked),
         }),
       ),
       h("td", {}, h("a", { href: `#/experiments/${e.id}` }, `#${e.id}`)),
@@ -136,8 +136,8 @@ function experimentsTable(page, state, refresh) {
   );
   const move = (offset) => () => {
     state.offset = Math.max(0, offset);
-    state.remember();
-    refresh();
+    on.remember();
+    on.refresh();
   };
   const last = Math.min(page.offset + page.items.length, page.total);
   return h(
