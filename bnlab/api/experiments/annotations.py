@@ -43,7 +43,20 @@ TagWord = Annotated[
 class AnnotationsPatch(BaseModel):
     """What to change; a field left out stays as it is."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "minProperties": 1,
+            "examples": [
+                {
+                    "name": "relu at lr 1",
+                    "notes": "Plain dies, **BN** trains.",
+                    "tags": ["lesson-3", "relu"],
+                },
+                {"tags": []},
+            ],
+        },
+    )
 
     name: Annotated[
         str | None,
