@@ -43,7 +43,14 @@ def plain_loop(
         if with_bn:
             layers.append(nn.BatchNorm1d(n_out, eps=1e-3, momentum=0.01))
         layers.append(nn.ReLU())
-    net = nn.Sequential(*layers, nn.Linear(100, 10)).to(device)
+    return timed_loop(nn.Sequential(*layers, nn.Linear(100, 10)), splits, spec, device)
+
+
+def timed_loop(
+    net: nn.Module, splits: Splits, spec: TrainingSpec, device: torch.device = CPU
+) -> float:
+    """Seconds for the plain SGD loop a user writes around `net` (any torch MLP on flat images)."""
+    net = net.to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=spec.learning_rate)
     images = to_inputs(splits.train.images).flatten(1).to(device)
     labels = splits.train.labels.to(device)

@@ -20,10 +20,11 @@ from itertools import pairwise
 from pathlib import Path
 
 import torch
+from engine import timed_loop  # bench/engine.py: this script runs from bench/
 from torch import nn
 
 from bnlab.models.batchnorm import EPSILON, MOMENTUM
-from bnlab.models.data import Splits, load_splits, to_inputs
+from bnlab.models.data import Splits, load_splits
 from bnlab.models.network import Architecture
 from bnlab.models.trainer import Cell, TrainingSpec, build_trainer
 from bnlab.vocabulary import VARIANTS, Variant
@@ -52,24 +53,7 @@ def user_loop(splits: Splits, variant: Variant, spec: TrainingSpec) -> float:
     torch.manual_seed(spec.seed)
     widths = [784, *ARCH.hidden_layers]
     layers = [m for n_in, n_out in pairwise(widths) for m in hidden_layer(variant, n_in, n_out)]
-    net = nn.Sequential(*layers, nn.Linear(widths[-1], 10))
-    optimizer = torch.optim.SGD(net.parameters(), lr=spec.learning_rate)
-    images = to_inputs(splits.train.images).flatten(1)
-    labels = splits.train.labels
-    val_images = to_inputs(splits.validation.images).flatten(1)
-    start = time.perf_counter()
-    for step in range(spec.training_batches):
-        index = torch.randint(len(labels), (spec.batch_size,))
-        loss = nn.functional.cross_entropy(net(images[index]), labels[index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if (step + 1) % spec.batches_per_sample == 0:
-            net.eval()
-            with torch.no_grad():
-                (net(val_images).argmax(1) == splits.validation.labels).float().mean().item()
-            net.train()
-    return time.perf_counter() - start
+    return timed_loop(nn.Sequential(*layers, nn.Linear(widths[-1], 10)), splits, spec)
 
 
 def trainer_run(splits: Splits, variants: Sequence[Variant], spec: TrainingSpec) -> float:
