@@ -1,5 +1,6 @@
 """A real S3-API server for the tests: moto's standalone server (`moto_server`, what s3fs's own
-tests use), as a process of its own that a test can stop and start again on the same port.
+tests use), as a process of its own that a test can stop and start again on the same port, on
+127.0.0.1 or on another address of this machine (tests/multihost: a bridge the hosts reach).
 
 `object_store` (session-wide) puts the S3 endpoint and test credentials in this process's
 environment, where bnlab reads them as it would in production (AWS_ENDPOINT_URL,
@@ -34,12 +35,13 @@ CREDENTIALS = {
 class ObjectStore:
     port: int
     log: Path
+    host: str = "127.0.0.1"
     refuse_credentials: bool = False  # moto checks none unless told to refuse every key
     process: subprocess.Popen | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
         # moto checks signatures only after this many requests: 0 refuses every key at once.
@@ -47,7 +49,7 @@ class ObjectStore:
         env = {**os.environ, **refusing}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(self.port)],
+                [str(MOTO_SERVER), "-H", self.host, "-p", str(self.port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -55,7 +57,7 @@ class ObjectStore:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
                 return
             except OSError:
                 time.sleep(0.1)
@@ -91,9 +93,9 @@ class ObjectStore:
         )
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 

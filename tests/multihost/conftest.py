@@ -23,7 +23,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import boto3
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -32,17 +31,11 @@ from tests.faults.conftest import (
     RedisServer,
     database_url,
     running_postgres,
-    wait_for_port,
 )
+from tests.objectstore import CREDENTIALS, ObjectStore, free_port
 from tests.service.conftest import Service, running_service, service_env
 
-MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 BUCKET = "bnlab-checkpoints"
-S3_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "multihost-test",
-    "AWS_SECRET_ACCESS_KEY": "multihost-test-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 def _ip(*args: str) -> None:
@@ -187,51 +180,22 @@ def network() -> Iterator[Network]:
         yield network
 
 
-@contextmanager
-def moto_s3(host: str, folder: Path) -> Iterator[str]:
-    """moto's S3 server on `host` with an empty bucket `BUCKET`; yields its endpoint URL."""
-    port = random.randrange(20000, 30000)
-    with open(folder / "moto.log", "ab") as log:
-        process = subprocess.Popen(
-            [str(MOTO_SERVER), "-H", host, "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        wait_for_port(port, host)
-        endpoint = f"http://{host}:{port}"
-        boto3.client("s3", endpoint_url=endpoint, **_boto_credentials()).create_bucket(
-            Bucket=BUCKET
-        )
-        yield endpoint
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def _boto_credentials() -> dict[str, str]:
-    return {
-        "aws_access_key_id": S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        "region_name": S3_CREDENTIALS["AWS_DEFAULT_REGION"],
-    }
-
-
 @dataclass
 class Cluster:
     """The API on this machine, and worker hosts, over PostgreSQL, Redis and S3."""
 
     service: Service
     hosts: list[Host]
-    s3_endpoint: str
+    store: ObjectStore
     folder: Path  # everything the API and the hosts keep locally
 
-    def objects(self, prefix: str = "") -> dict[str, tuple[str, float]]:
-        """The bucket's objects under `prefix`: key -> (ETag, last modified)."""
-        s3 = boto3.client("s3", endpoint_url=self.s3_endpoint, **_boto_credentials())
-        found = {}
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
-            for item in page.get("Contents", []):
-                found[item["Key"]] = (item["ETag"], item["LastModified"].timestamp())
-        return found
+    def objects(self) -> dict[str, tuple[str, float]]:
+        """The bucket's objects: key -> (ETag, last modified)."""
+        found = self.store.filesystem().find(BUCKET, detail=True)
+        return {
+            path.removeprefix(f"{BUCKET}/"): (info["ETag"], info["LastModified"].timestamp())
+            for path, info in found.items()
+        }
 
     def host_of(self, worker: str) -> Host:
         """The host whose worker this is (a worker is named `bnlab-<queue>-<pid>@<hostname>`)."""
@@ -267,7 +231,10 @@ def running_cluster(
         redis = RedisServer(folder, host=network.address)
         redis.start()
         stack.callback(redis.kill)
-        endpoint = stack.enter_context(moto_s3(network.address, folder))
+        store = ObjectStore(free_port(network.address), folder / "moto.log", network.address)
+        store.start()
+        stack.callback(store.stop)
+        store.make_bucket(BUCKET)
         env = service_env(
             folder / "api",
             data_dir,
@@ -276,7 +243,7 @@ def running_cluster(
             checkpoint_dir=f"s3://{BUCKET}/checkpoints",
             **{**FAULT_SETTINGS, **settings},
         )
-        env.update(S3_CREDENTIALS, AWS_ENDPOINT_URL=endpoint)
+        env.update(CREDENTIALS, AWS_ENDPOINT_URL=store.endpoint)
         (folder / "api").mkdir()
         anywhere = os.sched_getaffinity(0)
         os.sched_setaffinity(0, api_cpus or anywhere)  # the API started from here inherits it
@@ -287,7 +254,7 @@ def running_cluster(
         machines = [
             network.add_host(folder / f"host-{number}", data_dir) for number in range(hosts)
         ]
-        cluster = Cluster(service, machines, endpoint, folder)
+        cluster = Cluster(service, machines, store, folder)
         for host in machines:
             host.start_worker(service, worker_cpus)
         cluster.wait_for_workers(hosts)
