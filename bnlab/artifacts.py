@@ -73,6 +73,33 @@ def delete(location: str, retry_seconds: float = RETRY_SECONDS) -> None:
     _retried(lambda: _delete(filesystem, path), location, retry_seconds)
 
 
+def names_under(folder: str, retry_seconds: float = RETRY_SECONDS) -> list[str]:
+    """The names directly under `folder` (none if it is not there), as the store is now."""
+    filesystem, path = _open(folder)
+
+    def listed() -> list[str]:
+        filesystem.invalidate_cache(path)  # s3fs keeps listings: another host may have written
+        try:
+            found = filesystem.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        return [str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in found]
+
+    return _retried(listed, folder, retry_seconds)
+
+
+def delete_tree(folder: str, retry_seconds: float = RETRY_SECONDS) -> None:
+    """Remove `folder` and everything under it, if it is there."""
+    filesystem, path = _open(folder)
+
+    def removed() -> None:
+        filesystem.invalidate_cache(path)
+        with contextlib.suppress(FileNotFoundError):
+            filesystem.rm(path, recursive=True)
+
+    _retried(removed, folder, retry_seconds)
+
+
 def check(base: str) -> None:
     """At start-up: `base` can be opened, reached and written (a probe object written and
     removed proves the scheme, the bucket and the credentials at once). StoreError otherwise."""

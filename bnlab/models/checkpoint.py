@@ -82,7 +82,12 @@ def save_state(path: Location, tensors: dict[str, Tensor], meta: dict[str, Any])
 
 
 def load_state(path: Location) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    return _decode(_read(path), str(path), STATE_FORMAT)
+    return decode_state(_read(path), str(path))
+
+
+def decode_state(data: bytes, name: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A trainer's state from a training-state file's bytes (`name` says which, in errors)."""
+    return _decode(data, name, STATE_FORMAT)
 
 
 def sha256_of(path: Location) -> str:

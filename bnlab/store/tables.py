@@ -157,6 +157,11 @@ class Experiment(Annotatable, Base):
     # BNLAB_MAX_WORKER_LOSSES, so a job that kills its worker is not handed out forever.
     worker_losses: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     heartbeat_at: Mapped[datetime | None]
+    # The training state to resume from (location and sha256): set in the same fenced write as
+    # its sample point's rows, so only the lease holder's state is ever named (migration 0006).
+    # None before a first sample point, after the end, and for jobs older than 0006.
+    state_location: Mapped[str | None] = mapped_column(String(1024))
+    state_sha256: Mapped[str | None] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     sweep_id: Mapped[int | None] = mapped_column(
         ForeignKey("sweeps.id", ondelete="CASCADE"), index=True

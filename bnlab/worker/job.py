@@ -14,6 +14,15 @@ experiment's format, so a job delivered again after its worker died resumes from
 of starting over, and so does a cell queued again on its own (the reaper queues experiments one
 by one): a group resumes when all its cells' files are at one step, else it starts over.
 
+Object writes cannot be fenced as SQL writes are: a worker cut off mid-upload completes the PUT
+when it is back, whatever the lease says by then. So every object a job writes is named by its
+lease (`experiment-N/lease-T/...`), and what is read is what SQL names: the nets through their
+checkpoint rows, the training state through the row's `state_location` and `state_sha256`, set
+in the same fenced write as its sample point. A stale worker's late PUT lands under its own lost
+lease's folder, which nothing reads or serves; the job that finishes removes older leases'
+folders. What remains possible: a stale upload that lands after that removal leaves an orphan
+object there (docs/reliability.md, "Not covered").
+
 At a sample point, a cell a user cancelled (or whose lease was taken) leaves the trainer; the
 job stops when none is left. When its worker shuts down, the job hands every cell back to the
 queue and queues the group again, where the next worker resumes it.
@@ -32,7 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bnlab import artifacts
 from bnlab.jobs import Enqueue
-from bnlab.models.checkpoint import load_state, save_net, save_state
+from bnlab.models.checkpoint import decode_state, load_state, save_net, save_state, sha256
 from bnlab.models.data import DataUnavailable, Splits, load_splits
 from bnlab.models.device import DeviceUnavailable, resolve_device
 from bnlab.models.trainer import Cell, CellSample, Sample, Trainer, TrainingState, build_trainer
@@ -78,7 +87,10 @@ class CellRecorder:
         self.settings = settings
         self.sessions = sessions
         self.folder = artifacts.locate(settings.checkpoint_dir, f"experiment-{lease.experiment_id}")
-        self.state_path = artifacts.locate(self.folder, "training-state.safetensors")
+        self.lease_folder = artifacts.locate(self.folder, f"lease-{lease.token}")
+        # Where jobs kept the state before lease folders (and before SQL named it).
+        self.unnamed_state = artifacts.locate(self.folder, "training-state.safetensors")
+        self.state_location: str | None = None  # the state SQL names, as this job last knew it
         # Enter it for the length of the job: it renews the lease between sample points.
         self.keeper = LeaseKeeper(sessions, lease, settings.worker_heartbeat_seconds)
 
@@ -136,11 +148,34 @@ class CellRecorder:
         return self.lost or self.keeper.cancel_requested
 
     def saved_state(self) -> TrainingState | None:
-        """The training state of its last sample point, if a job saved one."""
-        return load_state(self.state_path) if artifacts.exists(self.state_path) else None
+        """The training state of its last sample point, if a job saved one: the one its row
+        names, checked against the row's sha256; for a job older than that, the one at the old
+        path. None when there is none or it does not match: the job starts over then, rather
+        than failing, because the state is only a shortcut (training is reproducible from the
+        spec: the same curve and weights), and a lost shortcut should not cost the experiment."""
 
-    def save_state(self, state: TrainingState) -> None:
-        save_state(self.state_path, *state)
+        def named(session: Session) -> tuple[str | None, str | None]:
+            experiment = self._experiment(session)
+            return experiment.state_location, experiment.state_sha256
+
+        location, expected = self._write(named)
+        if location is None:
+            unnamed = self.unnamed_state
+            return load_state(unnamed) if artifacts.exists(unnamed) else None
+        self.state_location = location
+        try:
+            data = artifacts.read(location)
+        except FileNotFoundError:
+            log.warning("experiment %s: its training state is gone; it starts over", self.name)
+            return None
+        if sha256(data) != expected:
+            log.warning(
+                "experiment %s: its training state does not match the sha256 its row names; "
+                "it starts over",
+                self.name,
+            )
+            return None
+        return decode_state(data, location)
 
     def resume_at(self, step: int) -> None:
         """A resumed job writes the points past its state's step again."""
@@ -152,8 +187,16 @@ class CellRecorder:
 
         self._write(forget)
 
-    def record(self, step: int, sample: CellSample, rates: Rates) -> None:
-        """One sample point: curve points, layer statistics, divergences and progress."""
+    def record(self, step: int, sample: CellSample, rates: Rates, state: TrainingState) -> None:
+        """One sample point: curve points, layer statistics, divergences, progress, and the
+        training state to resume from there.
+
+        The state is uploaded first, under this lease's folder and a name of its own (its step:
+        the state SQL names now is never overwritten), then named in the same fenced write as
+        the point's rows: SQL names only whole states of the lease holder, each matching the
+        curve it goes with."""
+        location = artifacts.locate(self.lease_folder, f"training-state-{step}.safetensors")
+        state_sha256, _ = save_state(location, *state)
 
         def write(session: Session) -> None:
             experiment = self._experiment(session)
@@ -169,19 +212,27 @@ class CellRecorder:
                 queries.run_of(experiment, variant).diverged_at_step = diverged_at
             experiment.progress_step = step
             experiment.steps_per_second, experiment.eta_seconds = rates
+            experiment.state_location, experiment.state_sha256 = location, state_sha256
 
-        self._write(write)
+        try:
+            self._write(write)
+        except LeaseLost:
+            artifacts.delete(location)  # named nowhere: not left behind, where it can be helped
+            raise
+        previous, self.state_location = self.state_location, location
+        if previous not in (None, location):
+            artifacts.delete(previous)
 
     def cancel(self) -> None:
         """A user cancelled it: marked so, out of the trainer, and never resumed (its curve is
         what stays)."""
 
-        def cancelled(session: Session) -> None:
+        def cancelled(session: Session) -> str | None:
             experiment = self._experiment(session)
             experiment.status, experiment.finished_at = "cancelled", utc_now()
+            return self._forget_state(experiment)
 
-        self._write(cancelled)
-        artifacts.delete(self.state_path)
+        self._clean_up(self._write(cancelled))
         log.info("experiment %s cancelled", self.experiment_id)
 
     def hand_back(self) -> None:
@@ -195,13 +246,14 @@ class CellRecorder:
     ) -> None:
         """Trained to the end: checkpoints of its nets, results, `succeeded`.
         `test_accuracies`: with population and with batch statistics, per net still training."""
-        # A stale job must not even write the files: check the lease right before.
+        # A stale job need not even upload them: check the lease right before (one that is
+        # lost after this uploads into its own lease's folder, which no row will name).
         self._write(lambda session: None)
         saved = {variant: self._save_net(trainer, variant) for variant in self.spec.variants}
-        self._write(
+        state = self._write(
             lambda session: self._record_results(session, trainer.step, test_accuracies, saved)
         )
-        artifacts.delete(self.state_path)
+        self._clean_up(state)
 
     def fail(self, reason: str) -> None:
         def failed(session: Session) -> None:
@@ -225,6 +277,26 @@ class CellRecorder:
 
         return in_transaction(self.sessions, fenced, self.settings.database_retry_seconds)
 
+    @staticmethod
+    def _forget_state(experiment: Experiment) -> str | None:
+        """The experiment will not resume: its row names no state any more. Returns the one it
+        named, to delete once this is committed."""
+        location = experiment.state_location
+        experiment.state_location = experiment.state_sha256 = None
+        return location
+
+    def _clean_up(self, state: str | None) -> None:
+        """After the end (committed): the state, the state at the old path, and every other
+        lease's folder (a stale worker's uploads, states resumed from); what this lease's
+        folder holds now (net checkpoints) is what the rows name."""
+        for location in {state, self.state_location, self.unnamed_state}:
+            if location is not None:
+                artifacts.delete(location)
+        ours = f"lease-{self.lease.token}"
+        for name in artifacts.names_under(self.folder):
+            if name.startswith("lease-") and name != ours:
+                artifacts.delete_tree(artifacts.locate(self.folder, name))
+
     def _experiment(self, session: Session) -> Experiment:
         experiment = queries.get_experiment(session, self.experiment_id)
         assert experiment is not None  # the lease holds the row
@@ -236,7 +308,8 @@ class CellRecorder:
         step: int,
         test_accuracies: Mapping[Variant, tuple[float, float]],
         saved: dict[Variant, SavedNet],
-    ) -> None:
+    ) -> str | None:
+        """Returns the state the row named (see `_forget_state`)."""
         experiment = self._experiment(session)
         curves = queries.curve(session, experiment.id)
         for variant, points in curves.items():
@@ -253,10 +326,11 @@ class CellRecorder:
             queries.add_checkpoint(session, run, step, path, sha256, size)
         experiment.status, experiment.finished_at = "succeeded", utc_now()
         experiment.eta_seconds = 0.0
+        return self._forget_state(experiment)
 
     def _save_net(self, trainer: Trainer, variant: Variant) -> SavedNet:
-        path = artifacts.locate(self.folder, f"{variant}.safetensors")
-        sha256, size = save_net(
+        path = artifacts.locate(self.lease_folder, f"{variant}.safetensors")
+        digest, size = save_net(
             path,
             trainer.net_state(self.name, variant),
             variant=variant,
@@ -266,7 +340,7 @@ class CellRecorder:
             dataset=self.spec.dataset,
             experiment_id=self.experiment_id,
         )
-        return path, sha256, size
+        return path, digest, size
 
 
 class TrainingJob:
@@ -361,8 +435,7 @@ class TrainingJob:
 
     @staticmethod
     def _record(cell: CellRecorder, trainer: Trainer, sample: Sample, rates: Rates) -> None:
-        cell.record(sample.step, sample.cells[cell.name], rates)
-        cell.save_state(trainer.state(cell.name))
+        cell.record(sample.step, sample.cells[cell.name], rates, trainer.state(cell.name))
 
     def _should_stop(self, trainer: Trainer) -> bool:
         """At a sample point: cells that were cancelled, or whose lease was taken, leave the

@@ -369,8 +369,9 @@ def assert_handed_back(service: Service, experiment_id: int, spec: dict) -> int:
     assert 100 <= step < spec["training_batches"]
     every = spec["batches_per_sample"]
     assert curve_steps(service, experiment_id)["bn"] == list(range(0, step + 1, every))
-    state = Path(service_settings(service).checkpoint_dir) / f"experiment-{experiment_id}"
-    assert (state / "training-state.safetensors").is_file()
+    state = experiment_row(service, experiment_id)["state_location"]  # under its lease's folder
+    folder = Path(service_settings(service).checkpoint_dir) / f"experiment-{experiment_id}"
+    assert state.startswith(f"{folder}/lease-") and Path(state).is_file(), state
     return step
 
 

@@ -57,11 +57,12 @@ def test_checkpoints_are_written_to_the_bucket_and_served_from_it(
     assert experiment["status"] == "succeeded", experiment["error"]
 
     stored = keys(object_store, bucket, experiment_id)
-    assert set(stored) == {"plain.safetensors", "bn.safetensors"}  # the state went at the end
+    # under its lease's folder; the state went at the end
+    assert set(stored) == {"lease-1/plain.safetensors", "lease-1/bn.safetensors"}
     assert not (Path(service.env["BNLAB_STATE_DIR"]) / "checkpoints").exists()
     for variant in ("plain", "bn"):
         download = service.client.get(f"/experiments/{experiment_id}/checkpoints/{variant}")
-        assert download.content == stored[f"{variant}.safetensors"]
+        assert download.content == stored[f"lease-1/{variant}.safetensors"]
     assert_same_weights(service, experiment_id, SPEC, idx_data_dir)
     predict = f"/predict?experiment_id={experiment_id}&variant=bn&mode=population"
     assert service.client.post(predict, json=PIXELS).status_code == 200
@@ -70,7 +71,7 @@ def test_checkpoints_are_written_to_the_bucket_and_served_from_it(
     assert recalibrated.status_code == 201, recalibrated.text
     assert recalibrated.json()["version"] == 2
     [new] = set(keys(object_store, bucket, experiment_id)) - set(stored)
-    assert new.startswith("bn-recalibrated-")
+    assert new.startswith("lease-1/bn-recalibrated-")  # beside the checkpoint it came from
     answer = service.client.post(f"{predict}&version=2", json=PIXELS)
     assert answer.status_code == 200, answer.text
 
@@ -81,7 +82,7 @@ def test_an_object_changed_or_gone_from_the_bucket_is_refused(
     service = start_on_s3(start_service, bucket)
     experiment_id = service.client.post("/experiments", json=SPEC).json()["id"]
     assert service.wait_for(experiment_id, finished)["status"] == "succeeded"
-    folder = f"{bucket}/checkpoints/experiment-{experiment_id}"
+    folder = f"{bucket}/checkpoints/experiment-{experiment_id}/lease-1"
     store = object_store.filesystem()
     changed = bytearray(store.cat_file(f"{folder}/bn.safetensors"))
     changed[-1] ^= 0xFF
@@ -106,7 +107,8 @@ def test_a_job_resumes_from_its_training_state_in_the_bucket(
     stop_gracefully(service.processes["worker-cpu"])
     handed_back = service.client.get(f"/experiments/{experiment_id}").json()
     assert handed_back["status"] == "queued", handed_back
-    assert "training-state.safetensors" in keys(object_store, bucket, experiment_id)
+    saved = keys(object_store, bucket, experiment_id)
+    assert [name for name in saved if name.startswith("lease-1/training-state-")], saved
 
     service.start_worker("cpu", name="worker-next")
     experiment = service.wait_for(experiment_id, finished)
@@ -131,7 +133,8 @@ def test_the_store_restarted_mid_job_costs_nothing(
     assert experiment["status"] == "succeeded", experiment["error"]
     assert_complete_curve(service, experiment_id, SPEC)
     assert_same_weights(service, experiment_id, SPEC, idx_data_dir)
-    assert set(keys(object_store, bucket, experiment_id)) == {"plain.safetensors", "bn.safetensors"}
+    stored = set(keys(object_store, bucket, experiment_id))
+    assert stored == {"lease-1/plain.safetensors", "lease-1/bn.safetensors"}
 
 
 @pytest.mark.parametrize("stack", ["embedded"], indirect=True)  # a minute of retrying: once

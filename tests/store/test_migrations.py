@@ -53,7 +53,7 @@ def test_upgrade_creates_exactly_the_orm_schema(database_url: str) -> None:
 
     tables, revision, checks = reflect(database_url)
     assert tables == BNLAB_TABLES | {"alembic_version"}
-    assert revision == "0005"
+    assert revision == "0006"
     assert schema_diff(database_url) == []
     # autogenerate ignores check constraints: compare their names by hand.
     expected_checks = {
@@ -77,7 +77,7 @@ def test_downgrade_to_base_removes_everything_and_upgrade_again_works(database_u
     upgrade(database_url)
     tables, revision, _ = reflect(database_url)
     assert tables == BNLAB_TABLES | {"alembic_version"}
-    assert revision == "0005"
+    assert revision == "0006"
     assert schema_diff(database_url) == []
 
 
@@ -129,3 +129,22 @@ def test_rows_stored_before_0005_get_no_name_empty_notes_and_no_tags(database_ur
         connection.execute(text("DELETE FROM experiments"))
         # a tag goes with its experiment
         assert connection.execute(text("SELECT count(*) FROM experiment_tags")).scalar() == 0
+
+
+def test_experiments_stored_before_0006_name_no_training_state(database_url: str) -> None:
+    # Their state, if any, is at the old path: the worker falls back to it (bnlab/worker/job.py).
+    upgrade(database_url, "0005")
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO experiments (status, queue, spec, created_at, progress_step, "
+                "progress_total, lease_token) "
+                "VALUES ('queued', 'cpu', '{}', CURRENT_TIMESTAMP, 0, 100, 0)"
+            )
+        )
+    upgrade(database_url)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT state_location, state_sha256 FROM experiments"))
+        assert [tuple(row) for row in rows] == [(None, None)]
+    engine.dispose()

@@ -63,10 +63,18 @@ def folder(settings: Settings, experiment_id: int) -> Path:
 
 
 def weights(settings: Settings, experiment_id: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Each net's weights, from the checkpoint its row names."""
+    with make_sessionmaker(settings.database_url)() as session:
+        found = {v: queries.latest_checkpoint(session, experiment_id, v) for v in STUDY_VARIANTS}
     return {
-        variant: load_file(folder(settings, experiment_id) / f"{variant}.safetensors")
-        for variant in STUDY_VARIANTS
+        variant: load_file(checkpoint.path) for variant, checkpoint in found.items() if checkpoint
     }
+
+
+def files(settings: Settings, experiment_id: int) -> list[str]:
+    """What lies in the experiment's folder, relative to it."""
+    root = folder(settings, experiment_id)
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
 
 
 def at_sample_point(
@@ -105,16 +113,13 @@ def test_a_lone_experiment_is_a_group_of_one(settings: Settings) -> None:
     experiment = row(settings, experiment_id)
     assert experiment.status == "succeeded", experiment.error
     assert curve_steps(settings, experiment_id) == {"plain": STEPS, "bn": STEPS}
-    # a lone experiment's files, where they always were; its training state gone
-    assert sorted(path.name for path in folder(settings, experiment_id).iterdir()) == [
-        "bn.safetensors",
-        "plain.safetensors",
-    ]
+    # its nets under its lease's folder; its training state gone
+    assert files(settings, experiment_id) == ["lease-1/bn.safetensors", "lease-1/plain.safetensors"]
     with make_sessionmaker(settings.database_url)() as session:
         for variant in STUDY_VARIANTS:
             checkpoint = queries.latest_checkpoint(session, experiment_id, variant)
             assert checkpoint is not None and checkpoint.step == 100
-            path = folder(settings, experiment_id) / f"{variant}.safetensors"
+            path = folder(settings, experiment_id) / "lease-1" / f"{variant}.safetensors"
             assert Path(checkpoint.path) == path.absolute()
             assert checkpoint.run.test_accuracy is not None
 
@@ -140,7 +145,12 @@ def test_a_group_handed_back_resumes_to_the_weights_of_an_uninterrupted_run(
         experiment = row(settings, experiment_id)
         assert (experiment.status, experiment.progress_step) == ("queued", 40)
         assert curve_steps(settings, experiment_id) == {"plain": STEPS[:3], "bn": STEPS[:3]}
-        assert (folder(settings, experiment_id) / "training-state.safetensors").is_file()
+        # the state of the last sample point, under the lease's folder, named by the row
+        state = folder(settings, experiment_id) / "lease-1" / "training-state-40.safetensors"
+        assert experiment.state_location == str(state)
+        assert files(settings, experiment_id) == ["lease-1/training-state-40.safetensors"]
+        # a stale worker's late upload, under its lease's folder: nothing reads it
+        (state.parent / "training-state-60.safetensors").write_bytes(b"late")
 
     with caplog.at_level(logging.INFO, logger="bnlab.worker.job"):
         TrainingJob(handed_back, settings, worker="worker-b").run()
@@ -150,6 +160,9 @@ def test_a_group_handed_back_resumes_to_the_weights_of_an_uninterrupted_run(
     for before, after in zip(uninterrupted, handed_back, strict=True):
         assert row(settings, after).status == "succeeded"
         assert curve_steps(settings, after) == {"plain": STEPS, "bn": STEPS}
+        # older leases' objects gone, and the state: the nets the rows name are what stays
+        assert files(settings, after) == ["lease-2/bn.safetensors", "lease-2/plain.safetensors"]
+        assert row(settings, after).state_location is None
         reference, resumed = weights(settings, before), weights(settings, after)
         for variant in STUDY_VARIANTS:
             for name, tensor in reference[variant].items():
@@ -191,8 +204,8 @@ def test_a_cancelled_cell_leaves_its_group_and_the_others_train_on(settings: Set
     assert experiment.status == "cancelled" and experiment.finished_at is not None
     # its curve is what stays, up to the sample point it left at; nothing to resume from
     assert curve_steps(settings, cancelled)["bn"] in (STEPS[:2], STEPS[:3])
-    assert not (folder(settings, cancelled) / "training-state.safetensors").exists()
-    assert not (folder(settings, cancelled) / "bn.safetensors").exists()
+    assert files(settings, cancelled) == []
+    assert row(settings, cancelled).state_location is None
     assert row(settings, kept).status == "succeeded"
     assert curve_steps(settings, kept) == {"plain": STEPS, "bn": STEPS}
 
@@ -211,7 +224,7 @@ def test_a_cell_another_worker_took_gets_nothing_more_from_this_one(settings: Se
     experiment = row(settings, taken)
     assert (experiment.status, experiment.worker) == ("running", "worker-b")
     assert curve_steps(settings, taken) == {"plain": STEPS[:2], "bn": STEPS[:2]}
-    assert not (folder(settings, taken) / "bn.safetensors").exists()
+    assert not [name for name in files(settings, taken) if name.endswith("bn.safetensors")]
     assert row(settings, kept).status == "succeeded"
     assert curve_steps(settings, kept) == {"plain": STEPS, "bn": STEPS}
 
@@ -225,3 +238,52 @@ def test_experiments_that_cannot_share_a_batch_order_fail_saying_why(settings: S
         experiment = row(settings, experiment_id)
         assert experiment.status == "failed"
         assert experiment.error is not None and "cannot train as one group" in experiment.error
+
+
+def handed_back_at_40(settings: Settings) -> int:
+    [experiment_id] = stored(settings, SPEC)
+    TrainingJob([experiment_id], settings, worker="worker-a", shutting_down=stopping_from(3)).run()
+    assert row(settings, experiment_id).progress_step == 40
+    return experiment_id
+
+
+def set_state(settings: Settings, experiment_id: int, **values: str | None) -> None:
+    with make_sessionmaker(settings.database_url)() as session:
+        experiment = session.get(Experiment, experiment_id)
+        assert experiment is not None
+        for name, value in values.items():
+            setattr(experiment, name, value)
+        session.commit()
+
+
+def test_a_state_that_does_not_match_its_row_s_sha256_is_not_resumed_from(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    experiment_id = handed_back_at_40(settings)
+    set_state(settings, experiment_id, state_sha256="0" * 64)
+
+    with caplog.at_level(logging.INFO, logger="bnlab.worker.job"):
+        TrainingJob([experiment_id], settings, worker="worker-b").run()
+
+    assert f"experiment {experiment_id} resumes at step 40" not in caplog.messages
+    assert any("does not match the sha256" in message for message in caplog.messages)
+    assert row(settings, experiment_id).status == "succeeded"
+    assert curve_steps(settings, experiment_id) == {"plain": STEPS, "bn": STEPS}
+
+
+def test_a_state_saved_before_its_row_named_one_is_resumed_from_the_old_path(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    experiment_id = handed_back_at_40(settings)
+    state = row(settings, experiment_id).state_location
+    assert state is not None
+    old = folder(settings, experiment_id) / "training-state.safetensors"
+    Path(state).rename(old)
+    set_state(settings, experiment_id, state_location=None, state_sha256=None)
+
+    with caplog.at_level(logging.INFO, logger="bnlab.worker.job"):
+        TrainingJob([experiment_id], settings, worker="worker-b").run()
+
+    assert f"experiment {experiment_id} resumes at step 40" in caplog.messages
+    assert row(settings, experiment_id).status == "succeeded"
+    assert not old.exists()
