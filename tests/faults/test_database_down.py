@@ -103,7 +103,9 @@ def succeeded_experiment_and_cancelled_sweep(service: Service) -> dict[str, int]
     assert experiment["status"] == "succeeded", experiment["error"]
     sweep = service.client.post("/sweeps", json=sweep_body()).json()
     assert service.client.post(f"/sweeps/{sweep['id']}/cancel").status_code == 200
-    return {"experiment_id": experiment_id, "sweep_id": sweep["id"]}
+    # A second experiment, for /compare: the sweep's first cell.
+    cell_id = sweep["cells"][0]["id"]
+    return {"experiment_id": experiment_id, "sweep_id": sweep["id"], "cell_id": cell_id}
 
 
 def sweep_body() -> dict[str, Any]:
@@ -124,6 +126,11 @@ def ask(service: Service, operation: Operation, ids: dict[str, int]) -> httpx.Re
         # Version 1 pinned: a recalibration (another operation) makes a new latest version.
         query = {"experiment_id": ids["experiment_id"], "version": 1}
         return service.client.post(path, params=query, json={"pixels": [0.0] * 784})
+    if template.startswith("/compare"):
+        query = {"experiments": f"{ids['experiment_id']},{ids['cell_id']}"}
+        return service.client.get(path, params=query)
+    if method == "PATCH":
+        return service.client.patch(path, json={"tags": ["outage"]})
     bodies = {"/experiments": TINY, "/sweeps": sweep_body()}
     if method == "POST" and template in bodies:
         return service.client.post(path, json=bodies[template])
