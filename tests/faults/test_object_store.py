@@ -162,7 +162,9 @@ def test_a_store_gone_for_good_fails_the_job_with_a_reason(
 @pytest.fixture(scope="module")
 def refusing_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
     """An S3 server that knows no key: every request is refused (403)."""
-    store = ObjectStore(free_port(), tmp_path_factory.mktemp("moto") / "moto.log", True)
+    store = ObjectStore(
+        free_port(), tmp_path_factory.mktemp("moto") / "moto.log", refuse_credentials=True
+    )
     store.start()
     yield store
     store.stop()
