@@ -162,6 +162,10 @@ class Experiment(Annotatable, Base):
     # None before a first sample point, after the end, and for jobs older than 0006.
     state_location: Mapped[str | None] = mapped_column(String(1024))
     state_sha256: Mapped[str | None] = mapped_column(String(64))
+    # What trained it, as its worker recorded it (bnlab/worker/provenance.py), and, for one
+    # taken in from a bundle, where it came from (migration 0010).
+    provenance: Mapped[dict[str, Any] | None]
+    imported_from: Mapped[dict[str, Any] | None]
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     sweep_id: Mapped[int | None] = mapped_column(
         ForeignKey("sweeps.id", ondelete="CASCADE"), index=True
