@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 2_000_000
     # The largest body on every route but /predict: a spec or a sweep's grid is a few KB.
     max_body_bytes: int = 1_000_000
+    # The largest bundle POST /experiments/import takes (its checkpoints are ~0.4 MB a net).
+    max_bundle_bytes: int = Field(default=64_000_000, ge=1)
     # The study's demos (collapse, batch-size effect, recalibration) run torch in request
     # threads: at most this many at once per API process; one more is a 503 (bnlab/api/study).
     study_slots: int = Field(default=2, ge=1)

@@ -204,6 +204,40 @@ def add_checkpoint(
     return checkpoint
 
 
+def import_experiment(
+    session: Session,
+    spec: dict[str, Any],
+    queue: Queue,
+    total_steps: int,
+    columns: dict[str, Any],
+    curve: dict[Variant, list[tuple[int, float, float | None]]],
+    results: dict[Variant, dict[str, Any]],
+    layer_stats: dict[Variant, list[dict[str, Any]]],
+) -> Experiment:
+    """An ended experiment taken in from elsewhere (a bundle): its row with `columns` set
+    (status, progress_step, times, provenance, imported_from, ...), a run per variant of its
+    spec with its `results` (the Run columns by name), its curve points (step, validation
+    accuracy, training loss) and layer statistics (rows as `add_layer_stats` takes, with their
+    step)."""
+    experiment = create_experiment(session, spec, queue, total_steps)
+    for name, value in columns.items():
+        setattr(experiment, name, value)
+    for variant, numbers in results.items():
+        run = run_of(experiment, variant)
+        for name, value in numbers.items():
+            setattr(run, name, value)
+    for variant, points in curve.items():
+        run_id = run_of(experiment, variant).id
+        session.add_all(
+            CurvePoint(run_id=run_id, step=step, val_accuracy=accuracy, train_loss=loss)
+            for step, accuracy, loss in points
+        )
+    for variant, rows in layer_stats.items():
+        run_id = run_of(experiment, variant).id
+        session.add_all(LayerStat(run_id=run_id, **row) for row in rows)
+    return experiment
+
+
 def heartbeat(session: Session, hostname: str, queue: Queue) -> None:
     """Say this worker is alive (insert or refresh its row)."""
     worker = session.get(Worker, hostname)

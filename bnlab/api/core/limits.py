@@ -2,7 +2,8 @@
 
 Uvicorn sets no limit of its own, and FastAPI reads a JSON body whole before validating it.
 /predict is left to its own limit (BNLAB_MAX_UPLOAD_BYTES, bnlab/api/predict/uploads.py), which says
-what to send instead.
+what to send instead, and so is a bundle's import (BNLAB_MAX_BUNDLE_BYTES,
+bnlab/api/experiments/bundles.py): its checkpoints are larger than any spec.
 """
 
 from fastapi import HTTPException
@@ -11,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bnlab.api.core.auth import route_path
 
-OWN_LIMIT = frozenset({"/predict"})
+OWN_LIMIT = frozenset({"/predict", "/experiments/import"})
 
 
 class LimitBody:

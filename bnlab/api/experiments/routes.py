@@ -1,9 +1,11 @@
-"""/experiments: submit, list, read, follow (curve), cancel, and download checkpoints."""
+"""/experiments: submit, list, read, follow (curve), cancel, download checkpoints, and bundles
+(export one, import one)."""
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from bnlab.api.core import idempotency, plotting
 from bnlab.api.core.content import JSON_ONLY, NOT_JSON, Responses
@@ -13,6 +15,7 @@ from bnlab.api.core.writes import WRITE_SLOT
 from bnlab.api.deps import BrokerDep, ExperimentDep, SessionDep, SettingsDep
 from bnlab.api.experiments import submit
 from bnlab.api.experiments.annotations import AnnotationsPatch, TagFilter, annotate, responses
+from bnlab.api.experiments.bundles import BUNDLE_FIELD, bundle_of, take_in, uploaded
 from bnlab.api.experiments.presenters import experiment_out
 from bnlab.api.experiments.schemas import (
     MAX_ID,
@@ -173,6 +176,69 @@ def download_checkpoint(
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
+
+
+@router.get(
+    "/{experiment_id}/bundle",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "The bundle (a zip file)."},
+        **NOT_FOUND,
+        409: {
+            "model": Message,
+            "description": "It has not ended yet, or a checkpoint's file is missing or changed.",
+        },
+    },
+)
+def download_bundle(experiment: ExperimentDep, session: SessionDep) -> Response:
+    """Everything to reproduce an ended experiment or take it into another bnlab, in one zip:
+    a manifest (format, provenance, the sha256 of every file), the spec, the curve (CSV and
+    JSON), the results, every checkpoint and the layer statistics (bnlab/bundle.py)."""
+    name = f"bnlab-experiment-{experiment.id}.zip"
+    return Response(
+        bundle_of(session, experiment),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.post(
+    "/import",
+    status_code=201,
+    dependencies=[WRITE_SLOT],
+    responses={
+        413: {"model": Message, "description": "Larger than BNLAB_MAX_BUNDLE_BYTES."},
+        422: {
+            "model": Message,
+            "description": "Not a zip, not a bnlab bundle, a file whose sha256 does not match, "
+            "a newer format, or contents this bnlab does not take.",
+        },
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [BUNDLE_FIELD],
+                        "properties": {BUNDLE_FIELD: {"type": "string", "format": "binary"}},
+                    }
+                }
+            },
+        }
+    },
+)
+async def import_bundle(
+    request: Request, session: SessionDep, settings: SettingsDep, response: Response
+) -> ExperimentOut:
+    """Take in a bundle (GET /experiments/{id}/bundle of this or another bnlab) as a new
+    experiment, served like any other: its status, curve, results, layer statistics and
+    checkpoints, its provenance, and where it came from (`imported_from`)."""
+    data, file_name = await uploaded(request, settings)
+    experiment = await run_in_threadpool(take_in, session, settings, data, file_name)
+    response.headers["Location"] = f"/experiments/{experiment.id}"
+    return await run_in_threadpool(experiment_out, experiment, session, settings)
 
 
 def _series(session: Session, experiment_id: int) -> dict[Variant, Series]:

@@ -97,6 +97,17 @@ class ExperimentOut(Annotations):
         description="Something a person should do, e.g. start a worker for the experiment's queue."
     )
     sweep_id: int | None = Field(default=None, description="The sweep it is a cell of, if any.")
+    provenance: dict[str, Any] | None = Field(
+        default=None,
+        description="What trained it, as its worker recorded it: bnlab (version, git commit), "
+        "python, torch, cuda, device, cpu (model, capability, kernel variables), bn_impl, "
+        "dataset (name, files' sha256), seed. Null before a worker took it.",
+    )
+    imported_from: dict[str, Any] | None = Field(
+        default=None,
+        description="For an experiment taken in from a bundle: its id where it came from, "
+        "the bundle's file name and sha256, the bnlab that made it, when it was imported.",
+    )
 
     @classmethod
     def from_row(cls, experiment: Experiment, notice: str | None = None) -> "ExperimentOut":
@@ -115,6 +126,8 @@ class ExperimentOut(Annotations):
             error=experiment.error,
             notice=notice,
             sweep_id=experiment.sweep_id,
+            provenance=experiment.provenance,
+            imported_from=experiment.imported_from,
             **Annotations.of(experiment),
         )
 
