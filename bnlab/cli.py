@@ -9,16 +9,19 @@ from typing import Annotated
 import typer
 
 from bnlab import artifacts, logs
-from bnlab.commands import experiments, predictions, sweeps
+from bnlab.commands import bundles, experiments, predictions, reproduce, sweeps
 from bnlab.settings import get_settings
 from bnlab.vocabulary import Queue
 
 app = typer.Typer(help="bnlab: the batch-normalization study as a service.", no_args_is_help=True)
 # Commands that talk to a running API over HTTP (--url / BNLAB_URL).
+experiments.app.command("bundle")(bundles.bundle)
+experiments.app.command("import")(bundles.import_bundle)
 app.add_typer(experiments.app, name="experiment")
 app.add_typer(sweeps.app, name="sweep")
 app.command()(predictions.predict)
 app.command()(predictions.collapse)
+app.command()(reproduce.reproduce)
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 

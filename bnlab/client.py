@@ -168,6 +168,16 @@ class Client:
         ids = ",".join(str(experiment_id) for experiment_id in experiment_ids)
         return Comparison(self, ids, self.get("/compare", experiments=ids))
 
+    def import_bundle(self, bundle: "str | os.PathLike[str] | bytes") -> "Experiment":
+        """Take in a bundle (`Experiment.bundle`, of this server or another) as a new
+        experiment: a file's path, or its bytes."""
+        if isinstance(bundle, bytes):
+            name, data = "bundle.zip", bundle
+        else:
+            name, data = Path(bundle).name, Path(bundle).read_bytes()
+        files = {"bundle": (name, data, "application/zip")}
+        return Experiment(self, self.request("POST", "/experiments/import", files=files).json())
+
     # HTTP, for the methods above and the CLI.
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -405,12 +415,19 @@ class Experiment(Handle):
     ) -> bytes | Path:
         """The variant's latest checkpoint (safetensors): its bytes, or written to `path`
         (then the path is returned)."""
-        content = self.client.request("GET", f"{self.path}/checkpoints/{variant}").content
-        if path is None:
-            return content
-        target = Path(path)
-        target.write_bytes(content)
-        return target
+        return _kept(self.client.request("GET", f"{self.path}/checkpoints/{variant}"), path)
+
+    def bundle(self, path: str | os.PathLike[str] | None = None) -> bytes | Path:
+        """Everything to reproduce it or take it into another bnlab, in one zip (once it has
+        ended): its bytes, or written to `path` (then the path is returned)."""
+        return _kept(self.client.request("GET", f"{self.path}/bundle"), path)
+
+    @property
+    def provenance(self) -> dict[str, Any] | None:
+        """What trained it: bnlab, python, torch and cuda versions, device, cpu, bn_impl,
+        dataset (name, sha256 of its files), seed; None before a worker took it."""
+        provenance: dict[str, Any] | None = self._current().get("provenance")
+        return provenance
 
     def predict(
         self,
@@ -581,6 +598,15 @@ class ProgressBar:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def _kept(response: httpx.Response, path: str | os.PathLike[str] | None) -> bytes | Path:
+    """A download's bytes, or written to `path` (then the path)."""
+    if path is None:
+        return response.content
+    target = Path(path)
+    target.write_bytes(response.content)
+    return target
 
 
 def raise_unless_succeeded(experiment: dict[str, Any]) -> None:

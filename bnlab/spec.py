@@ -50,6 +50,16 @@ class ExperimentSpec(BaseModel):
     batches_per_sample: int = Field(
         default=500, ge=1, description="Validation accuracy sampled every N."
     )
+    keep_states_every: int = Field(
+        default=10,
+        ge=1,
+        description=(
+            "Keep the training state of every k-th sample point (and always the last), to fork "
+            "the experiment from there (POST /experiments/{id}/fork). Each kept state holds "
+            "every net's weights and statistics: about 0.8 MB for the study's 784-100-100-100-10 "
+            "pair, so 11 states, 8.8 MB, at the defaults (50,000 batches sampled every 500)."
+        ),
+    )
     batch_size: int = Field(
         default=60, ge=2, le=4096, description="BN cannot train on one example."
     )
@@ -126,6 +136,14 @@ class ExperimentSpec(BaseModel):
             conv_channels=tuple(self.conv_channels),
             groups=self.groups,
         )
+
+    def keeps_state(self, step: int, start: int = 0) -> bool:
+        """Whether the training state at sample point `step` is kept: every
+        `keep_states_every`-th sample point counted from `start` (0, or the step a fork starts
+        from), and the last."""
+        if step == self.training_batches:
+            return True
+        return (step - start) // self.batches_per_sample % self.keep_states_every == 0
 
     def training(self) -> TrainingSpec:
         return TrainingSpec(

@@ -8,6 +8,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from bnlab.client import DEFAULT_URL, Experiment, raise_unless_succeeded
+from bnlab.commands.annotations import Name, Notes, Tags, annotated, show_name_and_tags
 from bnlab.commands.common import (
     Json,
     Token,
@@ -210,10 +211,7 @@ def _show_experiment(experiment: dict[str, Any]) -> None:
         f"{spec.get('dataset')}, {spec.get('activation')}, lr {spec.get('learning_rate')}, "
         f"{_init(spec)} initial weights, step {progress['step']}/{progress['total']}"
     )
-    if experiment["name"]:
-        console.print(f"name: {experiment['name']}", markup=False)
-    if experiment["tags"]:
-        console.print(f"tags: {', '.join(experiment['tags'])}", markup=False)
+    show_name_and_tags(experiment)
     if experiment.get("error"):
         console.print(f"error: {experiment['error']}", markup=False)
     if experiment.get("notice"):
@@ -227,11 +225,9 @@ def _show_experiment(experiment: dict[str, Any]) -> None:
 @reports_errors
 def annotate(
     experiment_id: ExperimentId,
-    name: Annotated[str | None, typer.Option(help="One line to call it by.")] = None,
-    notes: Annotated[str | None, typer.Option(help="Notes, in markdown (replaces them).")] = None,
-    tag: Annotated[
-        list[str] | None, typer.Option(help="A tag; repeat for several (replaces its tags).")
-    ] = None,
+    name: Name = None,
+    notes: Notes = None,
+    tag: Tags = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
     json: Json = False,
@@ -241,17 +237,9 @@ def annotate(
         url,
         token,
         json,
-        ask=lambda client: _annotated(client.experiment(experiment_id), name, notes, tag),
+        ask=lambda client: annotated(client.experiment(experiment_id), name, notes, tag),
         show=_show_experiment,
     )
-
-
-def _annotated(
-    experiment: Experiment, name: str | None, notes: str | None, tags: list[str] | None
-) -> dict[str, Any]:
-    # Without --name the name stays (None would remove it).
-    named = {"name": name} if name is not None else {}
-    return experiment.update(notes=notes, tags=tags, **named).info
 
 
 def _show_results(experiment: dict[str, Any], titled: bool = True) -> None:

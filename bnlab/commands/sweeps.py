@@ -1,12 +1,15 @@
-"""`bnlab sweep run | report`: grids of experiments (the study's table in one request)."""
+"""`bnlab sweep run | report | annotate`: grids of experiments (the study's table in one
+request)."""
 
 import json
 from typing import Annotated, Any, Literal
 
 import typer
+from rich.markdown import Markdown
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from bnlab.client import DEFAULT_URL, Sweep
+from bnlab.commands.annotations import Name, Notes, Tags, annotated, show_name_and_tags
 from bnlab.commands.common import (
     Json,
     Token,
@@ -14,6 +17,7 @@ from bnlab.commands.common import (
     connect,
     console,
     errors,
+    print_answer,
     print_json,
     reports_errors,
 )
@@ -105,6 +109,35 @@ def report(
             print_json(sweep.report_json())
         else:
             print(_ending_in_newline(sweep.report_text(format)), end="")
+
+
+@app.command()
+@reports_errors
+def annotate(
+    sweep_id: SweepId,
+    name: Name = None,
+    notes: Notes = None,
+    tag: Tags = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    json: Json = False,
+) -> None:
+    """Give a sweep a name, notes or tags; what is not given stays as it is."""
+    print_answer(
+        url,
+        token,
+        json,
+        ask=lambda client: annotated(client.existing_sweep(sweep_id), name, notes, tag),
+        show=_show_sweep,
+    )
+
+
+def _show_sweep(sweep: dict[str, Any]) -> None:
+    cells = len(sweep["cells"])
+    console.print(f"sweep {sweep['id']}: [bold]{sweep['status']}[/bold], {cells} cells")
+    show_name_and_tags(sweep)
+    if sweep["notes"]:
+        console.print(Markdown(sweep["notes"]))
 
 
 def _ending_in_newline(text: str) -> str:

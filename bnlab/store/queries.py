@@ -1,6 +1,7 @@
 """The reads and writes the API and the worker share. Callers own the session and commit."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -9,9 +10,11 @@ from sqlalchemy.orm import Session, selectinload
 
 from bnlab.store.tables import (
     Annotatable,
+    Base,
     Checkpoint,
     CurvePoint,
     Experiment,
+    KeptState,
     LayerStat,
     Run,
     Sweep,
@@ -19,6 +22,16 @@ from bnlab.store.tables import (
     utc_now,
 )
 from bnlab.vocabulary import QUEUES, STATUSES, STUDY_VARIANTS, Queue, Status, Variant
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What a fork continues: its parent, the parent's sample point it starts from, and the spec
+    fields it changes there, {field: {"parent": value, "fork": value}}."""
+
+    parent: Experiment
+    step: int
+    changes: dict[str, Any]
 
 
 def create_experiment(
@@ -29,9 +42,11 @@ def create_experiment(
     *,
     idempotency_key: str | None = None,
     sweep_id: int | None = None,
+    fork: Lineage | None = None,
 ) -> Experiment:
-    """A queued experiment with one run per variant of its spec. A key used before fails the
-    flush with IntegrityError (the column is unique)."""
+    """A queued experiment with one run per variant of its spec, and for a `fork`, its lineage
+    and first sample point. A key used before fails the flush with IntegrityError (the column
+    is unique)."""
     experiment = Experiment(
         status="queued",
         queue=queue,
@@ -43,6 +58,11 @@ def create_experiment(
     )
     session.add(experiment)
     session.flush()
+    if fork is not None:
+        experiment.parent_id, experiment.fork_step = fork.parent.id, fork.step
+        experiment.fork_changes = fork.changes
+        experiment.progress_step = fork.step
+        copy_sample_point(session, fork.parent, experiment, fork.step)
     return experiment
 
 
@@ -377,3 +397,64 @@ def with_tags(query: Select[Owner], owner: type[Owner], tags: Sequence[str]) -> 
     for tag in tags:
         query = query.where(owner.id.in_(select(tag_class.owner_id).where(tag_class.tag == tag)))
     return query
+
+
+def keep_state(
+    session: Session, experiment: Experiment, step: int, location: str, sha256: str, size: int
+) -> None:
+    """Name a training state kept at sample point `step`, to fork the experiment from."""
+    session.add(
+        KeptState(
+            experiment_id=experiment.id,
+            step=step,
+            location=location,
+            sha256=sha256,
+            size_bytes=size,
+        )
+    )
+
+
+def drop_kept_after(session: Session, experiment: Experiment, step: int) -> None:
+    """Forget the states kept past `step`, with its curve points (a resumed job keeps them
+    again). Their objects, named nowhere now, are removed when the experiment ends."""
+    after = (KeptState.experiment_id == experiment.id, KeptState.step > step)
+    session.execute(delete(KeptState).where(*after))
+
+
+def kept_states(session: Session, experiment_id: int) -> Sequence[KeptState]:
+    """The states an experiment kept, in step order."""
+    query = select(KeptState).where(KeptState.experiment_id == experiment_id)
+    return session.scalars(query.order_by(KeptState.step)).all()
+
+
+def kept_state(session: Session, experiment_id: int, step: int) -> KeptState | None:
+    return session.get(KeptState, (experiment_id, step))
+
+
+def forks_of(session: Session, experiment_id: int) -> Sequence[Experiment]:
+    """The experiments forked from this one, oldest first."""
+    query = select(Experiment).where(Experiment.parent_id == experiment_id)
+    return session.scalars(query.order_by(Experiment.id)).all()
+
+
+# What a sample point wrote per net, and what a fork takes over from its parent's.
+SAMPLE_POINT_TABLES: tuple[type[CurvePoint | LayerStat], ...] = (CurvePoint, LayerStat)
+
+
+def copy_sample_point(session: Session, parent: Experiment, fork: Experiment, step: int) -> None:
+    """The parent's sample point at `step` (curve points, layer statistics) as the fork's
+    first, for the variants both train: the fork continues from the very nets measured there."""
+    fork_runs = {run.variant: run.id for run in fork.runs}
+    for run in parent.runs:
+        if run.variant not in fork_runs:
+            continue
+        for table in SAMPLE_POINT_TABLES:
+            rows = session.scalars(select(table).where(table.run_id == run.id, table.step == step))
+            session.add_all(_copied(row, fork_runs[run.variant]) for row in rows)
+
+
+def _copied(row: Base, run_id: int) -> Base:
+    """A copy of a per-net row, for the net of run `run_id`."""
+    columns = row.__table__.columns.keys()
+    values = {name: getattr(row, name) for name in columns if name not in ("id", "run_id")}
+    return type(row)(run_id=run_id, **values)

@@ -170,6 +170,13 @@ class Experiment(Annotatable, Base):
     sweep_id: Mapped[int | None] = mapped_column(
         ForeignKey("sweeps.id", ondelete="CASCADE"), index=True
     )
+    # A fork's lineage (migration 0007): the experiment it continues, the sample point it
+    # starts from, and the spec fields it changed there ({field: {"parent": v, "fork": v}}).
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="SET NULL"), index=True
+    )
+    fork_step: Mapped[int | None]
+    fork_changes: Mapped[dict[str, Any] | None]
 
     runs: Mapped[list["Run"]] = relationship(
         back_populates="experiment",
@@ -244,6 +251,22 @@ class Checkpoint(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
     run: Mapped[Run] = relationship(back_populates="checkpoints")
+
+
+class KeptState(Base):
+    """A training state kept at a sample point (every `keep_states_every`-th, and the last), to
+    fork the experiment from there; named in the same fenced write as its sample point, like
+    `Experiment.state_location` (migration 0007)."""
+
+    __tablename__ = "kept_states"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(primary_key=True)
+    location: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int]
 
 
 class Worker(Base):

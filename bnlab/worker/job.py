@@ -57,6 +57,7 @@ from bnlab.sweeps import stack_key
 from bnlab.vocabulary import Queue, Variant
 from bnlab.worker.layer_rows import layer_rows
 from bnlab.worker.lease import LeaseKeeper
+from bnlab.worker.provenance import provenance_of
 
 log = logging.getLogger(__name__)
 # Errors whose message is already a reason a person can act on.
@@ -263,6 +264,10 @@ class CellRecorder:
 
         self._write(failed)
 
+    def note_provenance(self, provenance: dict[str, object]) -> None:
+        """What trains it (bnlab/worker/provenance.py), in its row: bundles carry it."""
+        self._write(lambda session: setattr(self._experiment(session), "provenance", provenance))
+
     def _write(self, work: Callable[[Session], T]) -> T:
         """`work` in one transaction that renews the lease first (or raises LeaseLost),
         rerun while the database is unreachable."""
@@ -403,6 +408,10 @@ class TrainingJob:
         device = resolve_device("cuda" if spec.device == "gpu" else "cpu")
         splits = load_splits(
             spec.dataset, self.settings.data_dir, self.settings.download, spec.validation_size
+        )
+        # What trains each cell, in its row (its bundle's provenance).
+        self._each(
+            lambda cell: cell.note_provenance(provenance_of(cell.spec, device, self.settings))
         )
         cells = [Cell(cell.name, cell.spec.training()) for cell in self.cells]
         trainer = build_trainer(

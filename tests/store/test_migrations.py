@@ -18,6 +18,7 @@ BNLAB_TABLES = {
     "workers",
     "sweeps",
     "layer_stats",
+    "kept_states",
     "experiment_tags",
     "sweep_tags",
 }
@@ -53,7 +54,7 @@ def test_upgrade_creates_exactly_the_orm_schema(database_url: str) -> None:
 
     tables, revision, checks = reflect(database_url)
     assert tables == BNLAB_TABLES | {"alembic_version"}
-    assert revision == "0006"
+    assert revision == "0010"
     assert schema_diff(database_url) == []
     # autogenerate ignores check constraints: compare their names by hand.
     expected_checks = {
@@ -77,7 +78,7 @@ def test_downgrade_to_base_removes_everything_and_upgrade_again_works(database_u
     upgrade(database_url)
     tables, revision, _ = reflect(database_url)
     assert tables == BNLAB_TABLES | {"alembic_version"}
-    assert revision == "0006"
+    assert revision == "0010"
     assert schema_diff(database_url) == []
 
 

@@ -113,8 +113,14 @@ def test_a_lone_experiment_is_a_group_of_one(settings: Settings) -> None:
     experiment = row(settings, experiment_id)
     assert experiment.status == "succeeded", experiment.error
     assert curve_steps(settings, experiment_id) == {"plain": STEPS, "bn": STEPS}
-    # its nets under its lease's folder; its training state gone
-    assert files(settings, experiment_id) == ["lease-1/bn.safetensors", "lease-1/plain.safetensors"]
+    # its nets under its lease's folder; its training state gone, but for those kept to fork
+    # from (keep_states_every: 10 sample points, and the last)
+    assert files(settings, experiment_id) == [
+        "kept/lease-1/training-state-0.safetensors",
+        "kept/lease-1/training-state-100.safetensors",
+        "lease-1/bn.safetensors",
+        "lease-1/plain.safetensors",
+    ]
     with make_sessionmaker(settings.database_url)() as session:
         for variant in STUDY_VARIANTS:
             checkpoint = queries.latest_checkpoint(session, experiment_id, variant)
@@ -148,7 +154,10 @@ def test_a_group_handed_back_resumes_to_the_weights_of_an_uninterrupted_run(
         # the state of the last sample point, under the lease's folder, named by the row
         state = folder(settings, experiment_id) / "lease-1" / "training-state-40.safetensors"
         assert experiment.state_location == str(state)
-        assert files(settings, experiment_id) == ["lease-1/training-state-40.safetensors"]
+        assert files(settings, experiment_id) == [
+            "kept/lease-1/training-state-0.safetensors",
+            "lease-1/training-state-40.safetensors",
+        ]
         # a stale worker's late upload, under its lease's folder: nothing reads it
         (state.parent / "training-state-60.safetensors").write_bytes(b"late")
 
@@ -160,8 +169,14 @@ def test_a_group_handed_back_resumes_to_the_weights_of_an_uninterrupted_run(
     for before, after in zip(uninterrupted, handed_back, strict=True):
         assert row(settings, after).status == "succeeded"
         assert curve_steps(settings, after) == {"plain": STEPS, "bn": STEPS}
-        # older leases' objects gone, and the state: the nets the rows name are what stays
-        assert files(settings, after) == ["lease-2/bn.safetensors", "lease-2/plain.safetensors"]
+        # older leases' objects gone, and the state: the nets and kept states the rows name
+        # are what stays
+        assert files(settings, after) == [
+            "kept/lease-1/training-state-0.safetensors",
+            "kept/lease-2/training-state-100.safetensors",
+            "lease-2/bn.safetensors",
+            "lease-2/plain.safetensors",
+        ]
         assert row(settings, after).state_location is None
         reference, resumed = weights(settings, before), weights(settings, after)
         for variant in STUDY_VARIANTS:
@@ -202,9 +217,10 @@ def test_a_cancelled_cell_leaves_its_group_and_the_others_train_on(settings: Set
 
     experiment = row(settings, cancelled)
     assert experiment.status == "cancelled" and experiment.finished_at is not None
-    # its curve is what stays, up to the sample point it left at; nothing to resume from
+    # its curve is what stays, up to the sample point it left at; nothing to resume from, the
+    # state kept at step 0 to fork from
     assert curve_steps(settings, cancelled)["bn"] in (STEPS[:2], STEPS[:3])
-    assert files(settings, cancelled) == []
+    assert files(settings, cancelled) == ["kept/lease-1/training-state-0.safetensors"]
     assert row(settings, cancelled).state_location is None
     assert row(settings, kept).status == "succeeded"
     assert curve_steps(settings, kept) == {"plain": STEPS, "bn": STEPS}

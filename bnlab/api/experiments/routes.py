@@ -13,9 +13,10 @@ from bnlab.api.core.idempotency import IdempotencyKey
 from bnlab.api.core.workers import notices
 from bnlab.api.core.writes import WRITE_SLOT
 from bnlab.api.deps import BrokerDep, ExperimentDep, SessionDep, SettingsDep
-from bnlab.api.experiments import submit
+from bnlab.api.experiments import forks, submit
 from bnlab.api.experiments.annotations import AnnotationsPatch, TagFilter, annotate, responses
 from bnlab.api.experiments.bundles import BUNDLE_FIELD, bundle_of, take_in, uploaded
+from bnlab.api.experiments.forks import ForkRequest
 from bnlab.api.experiments.presenters import experiment_out
 from bnlab.api.experiments.schemas import (
     MAX_ID,
@@ -99,6 +100,34 @@ def annotate_experiment(
     """Set the experiment's name, notes (markdown) or tags; what the body leaves out stays."""
     annotate(session, experiment, patch)
     return experiment_out(experiment, session, settings)
+
+
+@router.post(
+    "/{experiment_id}/fork",
+    status_code=201,
+    dependencies=[JSON_ONLY, WRITE_SLOT],
+    responses={
+        **NOT_FOUND,
+        **NOT_JSON,
+        409: {
+            "model": Message,
+            "description": "It kept no training state at that step (the nearest kept steps "
+            "are named), or it is not there yet.",
+        },
+        422: {"description": "A field a fork cannot change, or changes that make no valid spec."},
+        503: {"model": Message, "description": "Stored, but the broker did not take the job."},
+    },
+)
+def fork_experiment(
+    experiment: ExperimentDep,
+    request: ForkRequest,
+    session: SessionDep,
+    broker: BrokerDep,
+    settings: SettingsDep,
+) -> ExperimentOut:
+    """A new experiment continuing this one from a sample point whose training state it kept,
+    with changes (learning rate, schedule, device, variants); its curve starts there."""
+    return experiment_out(forks.fork(session, broker, experiment, request), session, settings)
 
 
 @router.get("/{experiment_id}/curve", responses=NOT_FOUND)

@@ -78,6 +78,28 @@ class Annotations(BaseModel):
         return {"name": row.name, "notes": row.notes, "tags": row.tags}
 
 
+class Change(BaseModel):
+    parent: JsonValue = Field(description="The parent's value.")
+    fork: JsonValue = Field(description="The fork's.")
+
+
+class ForkedFrom(BaseModel):
+    """Where a fork continues another experiment (POST /experiments/{id}/fork)."""
+
+    id: int | None = Field(description="The parent; null once it was deleted.")
+    step: int = Field(description="The parent's sample point it starts from.")
+    changes: dict[str, Change] = Field(
+        description="The spec fields it changed there; none: the parent's run, continued."
+    )
+
+    @classmethod
+    def of(cls, experiment: Experiment) -> "ForkedFrom | None":
+        if experiment.fork_step is None:
+            return None
+        changes = experiment.fork_changes or {}
+        return cls(id=experiment.parent_id, step=experiment.fork_step, changes=changes)
+
+
 class ExperimentOut(Annotations):
     id: int
     status: Status
@@ -108,6 +130,16 @@ class ExperimentOut(Annotations):
         description="For an experiment taken in from a bundle: its id where it came from, "
         "the bundle's file name and sha256, the bnlab that made it, when it was imported.",
     )
+    parent: ForkedFrom | None = Field(default=None, description="What it is a fork of, if any.")
+    forks: list[int] | None = Field(
+        default=None,
+        description="The experiments forked from it, oldest first (null in lists).",
+    )
+    kept_steps: list[int] | None = Field(
+        default=None,
+        description="The sample points whose training state it kept: the steps it can be "
+        "forked from (null in lists).",
+    )
 
     @classmethod
     def from_row(cls, experiment: Experiment, notice: str | None = None) -> "ExperimentOut":
@@ -128,6 +160,7 @@ class ExperimentOut(Annotations):
             sweep_id=experiment.sweep_id,
             provenance=experiment.provenance,
             imported_from=experiment.imported_from,
+            parent=ForkedFrom.of(experiment),
             **Annotations.of(experiment),
         )
 

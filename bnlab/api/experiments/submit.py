@@ -12,14 +12,23 @@ from bnlab.api.core.domain_errors import Unavailable
 from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
 from bnlab.store import queries
+from bnlab.store.queries import Lineage
 from bnlab.store.tables import Experiment, Sweep, utc_now
 from bnlab.sweeps import SweepRequest, groups
 
 
 def submit_experiment(
-    session: Session, broker: Broker, spec: ExperimentSpec, idempotency_key: str | None = None
+    session: Session,
+    broker: Broker,
+    spec: ExperimentSpec,
+    idempotency_key: str | None = None,
+    fork: Lineage | None = None,
 ) -> Experiment:
-    (experiment,) = submit(session, broker, [spec], [[0]], idempotency_key=idempotency_key)
+    """One experiment, a group of one; a `fork` continues its parent (bnlab/api/experiments/
+    forks.py)."""
+    (experiment,) = submit(
+        session, broker, [spec], [[0]], idempotency_key=idempotency_key, fork=fork
+    )
     return experiment
 
 
@@ -44,11 +53,12 @@ def submit(
     jobs: Sequence[Sequence[int]],
     sweep: Sweep | None = None,
     idempotency_key: str | None = None,
+    fork: Lineage | None = None,
 ) -> list[Experiment]:
     """`specs` stored as queued experiments (the cells of `sweep`, or one experiment holding
-    `idempotency_key`) and committed, then a job queued per group of `jobs` (indices into
-    `specs`). When the broker refuses one, that group and those after it are marked failed,
-    saying why, and `Unavailable` says so."""
+    `idempotency_key`, or one that is a `fork`) and committed, then a job queued per group of
+    `jobs` (indices into `specs`). When the broker refuses one, that group and those after it
+    are marked failed, saying why, and `Unavailable` says so."""
     experiments = [
         queries.create_experiment(
             session,
@@ -57,6 +67,7 @@ def submit(
             total_steps=spec.training_batches,
             idempotency_key=None if sweep else idempotency_key,
             sweep_id=sweep.id if sweep else None,
+            fork=fork,
         )
         for spec in specs
     ]
