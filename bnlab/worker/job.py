@@ -23,6 +23,12 @@ lease's folder, which nothing reads or serves; the job that finishes removes old
 folders. What remains possible: a stale upload that lands after that removal leaves an orphan
 object there (docs/reliability.md, "Not covered").
 
+Every `keep_states_every`-th sample point's state (and the last one's) is also kept, to fork the
+experiment from (bnlab/api/experiments/forks.py): uploaded under `kept/lease-T/`, which the
+end-of-job clean-up of older leases' folders leaves alone, and named in `kept_states` in the same
+fenced write as its sample point; at the end, kept states that no row names (a stale worker's)
+are removed. A fork's job starts from its parent's kept state, unless it saved one of its own.
+
 At a sample point, a cell a user cancelled (or whose lease was taken) leaves the trainer; the
 job stops when none is left. When its worker shuts down, the job hands every cell back to the
 queue and queues the group again, where the next worker resumes it.
@@ -32,6 +38,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
@@ -44,6 +51,7 @@ from bnlab.jobs import Enqueue
 from bnlab.models.checkpoint import decode_state, load_state, save_net, save_state, sha256
 from bnlab.models.data import DataUnavailable, Splits, load_splits
 from bnlab.models.device import DeviceUnavailable, resolve_device
+from bnlab.models.forks import forked_state
 from bnlab.models.trainer import Cell, CellSample, Sample, Trainer, TrainingState, build_trainer
 from bnlab.models.trainer import first_step_reaching as first_step
 from bnlab.settings import Settings
@@ -70,6 +78,21 @@ SavedNet = tuple[str, str, int]
 Rates = tuple[float | None, float | None]
 
 
+@dataclass(frozen=True)
+class Fork:
+    """Where a fork starts: its parent (None once deleted) and the parent's sample point."""
+
+    parent_id: int | None
+    step: int
+
+    @classmethod
+    def of(cls, experiment: Experiment) -> "Fork | None":
+        """The experiment's, if it is a fork."""
+        if experiment.fork_step is None:
+            return None
+        return cls(experiment.parent_id, experiment.fork_step)
+
+
 class CellRecorder:
     """One cell of a training job, as the experiment a user reads: its lease, its row, curve,
     layer statistics, results, checkpoints and state file. Made by `claim`."""
@@ -81,14 +104,17 @@ class CellRecorder:
         queue: Queue,
         settings: Settings,
         sessions: sessionmaker[Session],
+        fork: Fork | None = None,
     ) -> None:
         self.lease = lease
         self.spec = spec
         self.queue = queue
         self.settings = settings
         self.sessions = sessions
+        self.fork = fork
         self.folder = artifacts.locate(settings.checkpoint_dir, f"experiment-{lease.experiment_id}")
         self.lease_folder = artifacts.locate(self.folder, f"lease-{lease.token}")
+        self.kept_folder = artifacts.locate(self.folder, "kept")
         # Where jobs kept the state before lease folders (and before SQL named it).
         self.unnamed_state = artifacts.locate(self.folder, "training-state.safetensors")
         self.state_location: str | None = None  # the state SQL names, as this job last knew it
@@ -120,7 +146,7 @@ class CellRecorder:
                 experiment.status, experiment.finished_at = "failed", utc_now()
                 experiment.error = f"its stored spec is not valid for this bnlab: {error}"
                 return "its stored spec is not valid; it failed"
-            return cls(lease, spec, experiment.queue, settings, sessions)
+            return cls(lease, spec, experiment.queue, settings, sessions, Fork.of(experiment))
 
         claimed = in_transaction(sessions, claim, settings.database_retry_seconds)
         if isinstance(claimed, str):
@@ -151,9 +177,10 @@ class CellRecorder:
     def saved_state(self) -> TrainingState | None:
         """The training state of its last sample point, if a job saved one: the one its row
         names, checked against the row's sha256; for a job older than that, the one at the old
-        path. None when there is none or it does not match: the job starts over then, rather
-        than failing, because the state is only a shortcut (training is reproducible from the
-        spec: the same curve and weights), and a lost shortcut should not cost the experiment."""
+        path. Else where it starts (`start`). It starts over, rather than failing, when its
+        state is gone or does not match, because the state is only a shortcut (training is
+        reproducible from the spec, or a fork from its parent's kept state: the same curve and
+        weights), and a lost shortcut should not cost the experiment."""
 
         def named(session: Session) -> tuple[str | None, str | None]:
             experiment = self._experiment(session)
@@ -162,21 +189,52 @@ class CellRecorder:
         location, expected = self._write(named)
         if location is None:
             unnamed = self.unnamed_state
-            return load_state(unnamed) if artifacts.exists(unnamed) else None
+            if self.fork is None and artifacts.exists(unnamed):
+                return load_state(unnamed)
+            return self.start()
         self.state_location = location
         try:
             data = artifacts.read(location)
         except FileNotFoundError:
             log.warning("experiment %s: its training state is gone; it starts over", self.name)
-            return None
+            return self.start()
         if sha256(data) != expected:
             log.warning(
                 "experiment %s: its training state does not match the sha256 its row names; "
                 "it starts over",
                 self.name,
             )
-            return None
+            return self.start()
         return decode_state(data, location)
+
+    def start(self) -> TrainingState | None:
+        """Where it starts: from the spec's initial weights (None), or a fork from its parent's
+        state kept at the fork's step, its nets made the fork's variants (`forked_state`). A
+        parent's state that is gone or changed fails the fork, saying so: nothing else
+        reproduces it."""
+        if self.fork is None:
+            return None
+        parent, step = self.fork.parent_id, self.fork.step
+        if parent is None:
+            raise ValueError(f"its parent was deleted: it cannot start from its state at {step}")
+
+        def kept(session: Session) -> tuple[str, str] | None:
+            row = queries.kept_state(session, parent, step)
+            return None if row is None else (row.location, row.sha256)
+
+        named = self._write(kept)
+        whose = f"experiment {parent}'s training state kept at step {step}"
+        if named is None:
+            raise ValueError(f"{whose} is no longer kept (it was trained again since?)")
+        location, expected = named
+        try:
+            data = artifacts.read(location)
+        except FileNotFoundError:
+            raise ValueError(f"{whose} is gone from {artifacts.shown(location)}") from None
+        if sha256(data) != expected:
+            raise ValueError(f"{whose} does not match the sha256 its row names")
+        parents = decode_state(data, location)
+        return forked_state(parents, self.spec.architecture(), self.spec.variants)
 
     def resume_at(self, step: int) -> None:
         """A resumed job writes the points past its state's step again."""
@@ -184,6 +242,7 @@ class CellRecorder:
         def forget(session: Session) -> None:
             experiment = self._experiment(session)
             queries.drop_curve_after(session, experiment, step)
+            queries.drop_kept_after(session, experiment, step)
             experiment.progress_step = step
 
         self._write(forget)
@@ -195,14 +254,18 @@ class CellRecorder:
         The state is uploaded first, under this lease's folder and a name of its own (its step:
         the state SQL names now is never overwritten), then named in the same fenced write as
         the point's rows: SQL names only whole states of the lease holder, each matching the
-        curve it goes with."""
+        curve it goes with. A kept state is uploaded and named the same way."""
         location = artifacts.locate(self.lease_folder, f"training-state-{step}.safetensors")
         state_sha256, _ = save_state(location, *state)
+        kept = self._keep(step, state)
 
         def write(session: Session) -> None:
             experiment = self._experiment(session)
             # Points at this step may be there already: a retried commit whose answer was lost.
             queries.drop_curve_after(session, experiment, step - 1)
+            queries.drop_kept_after(session, experiment, step - 1)
+            if kept is not None:
+                queries.keep_state(session, experiment, step, *kept)
             points = {
                 variant: (net.val_accuracy, net.train_loss) for variant, net in sample.nets.items()
             }
@@ -218,11 +281,23 @@ class CellRecorder:
         try:
             self._write(write)
         except LeaseLost:
-            artifacts.delete(location)  # named nowhere: not left behind, where it can be helped
+            # named nowhere: not left behind, where it can be helped
+            artifacts.delete(location)
+            if kept is not None:
+                artifacts.delete(kept[0])
             raise
         previous, self.state_location = self.state_location, location
         if previous not in (None, location):
             artifacts.delete(previous)
+
+    def _keep(self, step: int, state: TrainingState) -> tuple[str, str, int] | None:
+        """The state at `step` uploaded to be kept, if the spec keeps it: location, sha256,
+        size, to name in its sample point's write."""
+        if not self.spec.keeps_state(step, 0 if self.fork is None else self.fork.step):
+            return None
+        name = f"training-state-{step}.safetensors"
+        location = artifacts.locate(self.kept_folder, f"lease-{self.lease.token}", name)
+        return (location, *save_state(location, *state))
 
     def cancel(self) -> None:
         """A user cancelled it: marked so, out of the trainer, and never resumed (its curve is
@@ -297,10 +372,25 @@ class CellRecorder:
         for location in {state, self.state_location, self.unnamed_state}:
             if location is not None:
                 artifacts.delete(location)
+        self._clean_up_kept()
         ours = f"lease-{self.lease.token}"
         for name in artifacts.names_under(self.folder):
             if name.startswith("lease-") and name != ours:
                 artifacts.delete_tree(artifacts.locate(self.folder, name))
+
+    def _clean_up_kept(self) -> None:
+        """Kept states SQL does not name (a stale worker's, or past a step resumed from) are
+        removed; those it names stay, to fork from."""
+
+        def named(session: Session) -> set[str]:
+            return {kept.location for kept in queries.kept_states(session, self.experiment_id)}
+
+        kept = in_transaction(self.sessions, named, self.settings.database_retry_seconds)
+        for lease in artifacts.names_under(self.kept_folder):
+            folder = artifacts.locate(self.kept_folder, lease)
+            for name in artifacts.names_under(folder):
+                if artifacts.locate(folder, name) not in kept:
+                    artifacts.delete(artifacts.locate(folder, name))
 
     def _experiment(self, session: Session) -> Experiment:
         experiment = queries.get_experiment(session, self.experiment_id)
