@@ -6,12 +6,49 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bnlab.models.network import Architecture
 from bnlab.models.trainer import TrainingSpec
+from bnlab.models.why import Probes
 from bnlab.vocabulary import STUDY_VARIANTS, VARIANTS, Activation, Dataset, Queue, Variant
 
 GOOD_WEIGHT_STD = 0.05
 BAD_WEIGHT_STD = 5.0
 # What the study's datasets hold: the validation split is cut from the 60,000 training images.
 TRAINING_IMAGES = 60_000
+
+
+class ProbesSpec(BaseModel):
+    """Which measurements of why BN helps run, per net, at every `every`-th sample point
+    (`bnlab.models.why.Probes`). Off by default: an experiment costs what it did without them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    landscape: bool = Field(
+        default=False,
+        description="Along the gradient g of the batch at hand (Santurkar et al. 2018, §3.1): "
+        "the loss at theta - eta g and the gradient change there for a fixed set of step sizes "
+        "eta around the learning rate, and the effective beta-smoothness (the largest gradient "
+        "change per unit of step).",
+    )
+    ics: bool = Field(
+        default=False,
+        description="Internal covariate shift per weight layer (Santurkar et al. Def. 2.1): the "
+        "layer's gradient before and after every earlier layer took its SGD step, on the same "
+        "batch: the norm of the difference and the cosine.",
+    )
+    sharpness: bool = Field(
+        default=False,
+        description="The top eigenvalue of the training loss's Hessian on a fixed batch (power "
+        "iteration on Hessian-vector products), beside 2 / learning rate, gradient descent's "
+        "edge of stability (Cohen et al. 2021).",
+    )
+    every: int = Field(
+        default=5,
+        ge=1,
+        le=10_000,
+        description="At every N-th sample point, the first (step 0) included.",
+    )
+
+    def probes(self) -> Probes:
+        return Probes(**self.model_dump())
 
 
 class ExperimentSpec(BaseModel):
@@ -91,6 +128,11 @@ class ExperimentSpec(BaseModel):
     # The queue that trains it: cpu or gpu workers.
     device: Queue = "cpu"
     validation_size: int = Field(default=5000, ge=100, le=TRAINING_IMAGES // 2)
+    probes: ProbesSpec = Field(
+        default_factory=ProbesSpec,
+        description='Why BN helps, measured: e.g. {"landscape": true, "ics": true, '
+        '"sharpness": true, "every": 5}; off by default.',
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

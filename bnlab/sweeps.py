@@ -53,7 +53,37 @@ def _classic() -> list[dict[str, Any]]:
     return long + short
 
 
-PRESETS: dict[str, list[dict[str, Any]]] = {"classic": _classic()}
+# The why preset's measurements: all of them, at every other sample point.
+WHY_PROBES = {"landscape": True, "ics": True, "sharpness": True, "every": 2}
+
+
+def _why() -> list[dict[str, Any]]:
+    """Why BN helps, measured where the study's table is most telling, plain and BN side by
+    side with every probe on, 2,000 batches sampled every 50 (minutes on a CPU): relu and
+    sigmoid at learning rate 0.01 (BN converges sooner) and 1 (plain relu dies, plain sigmoid
+    survives), and relu from bad initial weights (plain stays at chance)."""
+    cells = [
+        ("relu", 0.01, False),
+        ("relu", 1.0, False),
+        ("sigmoid", 0.01, False),
+        ("sigmoid", 1.0, False),
+        ("relu", 0.01, True),
+    ]
+    return [
+        {
+            "activation": activation,
+            "learning_rate": learning_rate,
+            "use_bad_weights": bad,
+            "training_batches": 2_000,
+            "batches_per_sample": 50,
+            "variants": ["plain", "bn"],
+            "probes": WHY_PROBES,
+        }
+        for activation, learning_rate, bad in cells
+    ]
+
+
+PRESETS: dict[str, list[dict[str, Any]]] = {"classic": _classic(), "why": _why()}
 
 
 class SweepRejected(ValueError):
@@ -69,6 +99,7 @@ class SweepRequest(BaseModel):
             "examples": [
                 {"preset": "classic"},
                 {"preset": "classic", "grid": {"seed": [0, 1, 2]}},
+                {"preset": "why", "base": {"dataset": "fashion-mnist"}},
                 {
                     "grid": {
                         "activation": ["relu", "sigmoid"],
@@ -91,7 +122,9 @@ class SweepRequest(BaseModel):
     preset: Preset | None = Field(
         None,
         description="`classic`: the study's 15 cells (relu/sigmoid x lr 0.01/1/2 x good/bad "
-        "weights at 50,000 batches, and three 2,000-batch runs).",
+        "weights at 50,000 batches, and three 2,000-batch runs). `why`: why BN helps, measured "
+        "(every probe on, at every other sample point) in 5 cells of 2,000 batches: relu and "
+        "sigmoid at lr 0.01 and 1 from good weights, and relu at lr 0.01 from bad ones.",
     )
     grid: dict[str, list[Any]] = Field(
         default_factory=dict,

@@ -39,8 +39,9 @@ ACTIVATIONS: tuple[Activation, ...] = get_args(Activation)
 Dataset = Literal["mnist", "fashion-mnist"]
 DATASETS: tuple[Dataset, ...] = get_args(Dataset)
 
-# A sweep's named grid: "classic" is the study's table (activations x learning rates x weights).
-Preset = Literal["classic"]
+# A sweep's named grid: "classic" is the study's table (activations x learning rates x weights);
+# "why" measures why BN helps in its most telling cells (bnlab/sweeps.py).
+Preset = Literal["classic", "why"]
 
 # How a sweep's report is written out.
 ReportFormat = Literal["json", "csv", "md"]

@@ -18,6 +18,7 @@ from bnlab.api.predict.serving import ServedNets, checkpoint_loader
 from bnlab.api.study import routes as study
 from bnlab.api.study.sources import ComputeSlots
 from bnlab.api.sweeps import routes as sweeps
+from bnlab.api.why import routes as why
 from bnlab.settings import Settings, get_settings
 from bnlab.store.db import make_sessionmaker
 
@@ -69,6 +70,7 @@ def add_routes(app: FastAPI) -> None:
     app.add_api_route(endpoint=predict.predict, **predict.ROUTE)
     app.include_router(experiments.router)
     app.include_router(study.router)
+    app.include_router(why.router)
     app.include_router(events.router)
     app.include_router(events.sweep_router)
     app.include_router(sweeps.router)

@@ -9,6 +9,7 @@ from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from bnlab.store.tables import (
+    PROBE_TABLES,
     Annotatable,
     Base,
     Checkpoint,
@@ -16,6 +17,7 @@ from bnlab.store.tables import (
     Experiment,
     KeptState,
     LayerStat,
+    ProbeRow,
     Run,
     Sweep,
     Worker,
@@ -135,7 +137,9 @@ def drop_curve_after(session: Session, experiment: Experiment, step: int) -> Non
     session.execute(
         delete(CurvePoint).where(CurvePoint.run_id.in_(run_ids), CurvePoint.step > step)
     )
-    session.execute(delete(LayerStat).where(LayerStat.run_id.in_(run_ids), LayerStat.step > step))
+    tables: tuple[type[LayerStat | ProbeRow], ...] = (LayerStat, *PROBE_TABLES)
+    for table in tables:
+        session.execute(delete(table).where(table.run_id.in_(run_ids), table.step > step))
 
 
 def add_layer_stats(
@@ -149,13 +153,56 @@ def add_layer_stats(
 
 def layer_stats(session: Session, experiment_id: int) -> dict[Variant, list[LayerStat]]:
     """Layer statistics per variant, ordered by layer, then step."""
+    return rows_per_variant(session, experiment_id, LayerStat, LayerStat.layer, LayerStat.step)
+
+
+# A probe table's rows (see bnlab/worker/why_rows.py): column values by table.
+ProbeRows = dict[type[ProbeRow], list[dict[str, Any]]]
+
+
+def add_probe_rows(
+    session: Session, experiment: Experiment, step: int, rows: dict[Variant, ProbeRows]
+) -> None:
+    """Per variant, the probes' rows at `step`, table by table."""
+    for variant, tables in rows.items():
+        run = run_of(experiment, variant)
+        for table, values in tables.items():
+            session.add_all(table(run_id=run.id, step=step, **row) for row in values)
+
+
+def probe_values(
+    session: Session, experiment_ids: Sequence[int], column: Any
+) -> dict[tuple[int, Variant], list[float]]:
+    """A probe table's `column` (e.g. `Landscape.beta_smoothness`): its known values per
+    experiment and variant, in step order."""
+    table = column.class_
     query = (
-        select(Run.variant, LayerStat)
-        .join(Run, LayerStat.run_id == Run.id)
-        .where(Run.experiment_id == experiment_id)
-        .order_by(LayerStat.layer, LayerStat.step)
+        select(Run.experiment_id, Run.variant, column)
+        .join(Run, table.run_id == Run.id)
+        .where(Run.experiment_id.in_(experiment_ids), column.is_not(None))
+        .order_by(table.step)
     )
-    rows: dict[Variant, list[LayerStat]] = {v: [] for v in variants_of(session, experiment_id)}
+    values: dict[tuple[int, Variant], list[float]] = {}
+    for experiment_id, variant, value in session.execute(query):
+        values.setdefault((experiment_id, variant), []).append(value)
+    return values
+
+
+Row = TypeVar("Row", bound=LayerStat | ProbeRow)
+
+
+def rows_per_variant(
+    session: Session, experiment_id: int, table: type[Row], *order: Any
+) -> dict[Variant, list[Row]]:
+    """A per-net table's rows of an experiment per variant (every variant it trains, rows or
+    not), in `order`."""
+    query = (
+        select(Run.variant, table)
+        .join(Run, table.run_id == Run.id)
+        .where(Run.experiment_id == experiment_id)
+        .order_by(*order)
+    )
+    rows: dict[Variant, list[Row]] = {v: [] for v in variants_of(session, experiment_id)}
     for variant, row in session.execute(query):
         rows[variant].append(row)
     return rows

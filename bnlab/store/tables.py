@@ -313,3 +313,65 @@ class LayerStat(Base):
     p85: Mapped[float] = mapped_column(Float)
     dead_fraction: Mapped[float] = mapped_column(Float)
     grad_norm: Mapped[float | None] = mapped_column(Float)  # None at step 0
+
+
+class ProbeRow(Base):
+    """A measurement of why BN helps (bnlab/models/why.py), per net and sample point where the
+    experiment's probes ran (migration 0009). A value that was not finite is stored as unknown:
+    JSON cannot carry inf or NaN to a client."""
+
+    __abstract__ = True
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int]
+
+
+class Landscape(ProbeRow):
+    """Along the gradient g of the batch at hand: the effective beta-smoothness, the maximum
+    over the step sizes of ||grad L(theta) - grad L(theta - eta g)|| / ||eta g||."""
+
+    __tablename__ = "landscapes"
+    __table_args__ = (UniqueConstraint("run_id", "step"),)
+
+    beta_smoothness: Mapped[float | None] = mapped_column(Float)
+
+
+class LandscapePoint(ProbeRow):
+    """One step size eta along the gradient: the loss at theta - eta g on the same batch, and
+    how far the gradient there is from the gradient at theta."""
+
+    __tablename__ = "landscape_points"
+    __table_args__ = (UniqueConstraint("run_id", "step", "step_size"),)
+
+    step_size: Mapped[float] = mapped_column(Float)
+    loss: Mapped[float | None] = mapped_column(Float)
+    grad_change: Mapped[float | None] = mapped_column(Float)
+
+
+class LayerShift(ProbeRow):
+    """Internal covariate shift of one weight layer (Santurkar et al. Def. 2.1): its gradient
+    before and after every earlier layer took its SGD step, on the same batch."""
+
+    __tablename__ = "layer_shifts"
+    __table_args__ = (UniqueConstraint("run_id", "step", "layer"),)
+
+    layer: Mapped[int]
+    norm: Mapped[float | None] = mapped_column(Float)
+    cosine: Mapped[float | None] = mapped_column(Float)
+
+
+class Sharpness(ProbeRow):
+    """The training loss's top Hessian eigenvalue on a fixed batch, beside gradient descent's
+    edge of stability 2 / learning rate (Cohen et al. 2021)."""
+
+    __tablename__ = "sharpness"
+    __table_args__ = (UniqueConstraint("run_id", "step"),)
+
+    eigenvalue: Mapped[float | None] = mapped_column(Float)
+    iterations: Mapped[int]
+    edge: Mapped[float] = mapped_column(Float)
+
+
+# Every probe table: a resumed job forgets their rows past its step, as it does curve points.
+PROBE_TABLES: tuple[type[ProbeRow], ...] = (Landscape, LandscapePoint, LayerShift, Sharpness)

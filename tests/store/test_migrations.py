@@ -21,6 +21,10 @@ BNLAB_TABLES = {
     "kept_states",
     "experiment_tags",
     "sweep_tags",
+    "landscapes",
+    "landscape_points",
+    "layer_shifts",
+    "sharpness",
 }
 
 

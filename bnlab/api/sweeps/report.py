@@ -8,6 +8,9 @@ keep their columns.
 Cells that differ only in their seed share a row: means, sample standard deviations and the
 fraction of seeds that reached 0.90, per variant; the study's "BN does not always work" as
 numbers. Only succeeded cells are summarized; a report of a running sweep says `complete: false`.
+
+Where the cells ran probes (the `why` preset), each variant's median beta-smoothness and
+sharpness, and plain's beta-smoothness over bn's: why BN helped, in numbers.
 """
 
 import csv
@@ -17,6 +20,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from bnlab.api.sweeps.schemas import (
     Comparison,
     Outcome,
@@ -24,18 +29,30 @@ from bnlab.api.sweeps.schemas import (
     SweepReport,
     VariantSummary,
     Verdict,
+    WhyNumbers,
 )
+from bnlab.store import queries
 from bnlab.store.queries import run_of
-from bnlab.store.tables import Experiment, Run, Sweep
+from bnlab.store.tables import Experiment, Landscape, Run, Sharpness, Sweep
 from bnlab.sweeps import varying_fields
 from bnlab.vocabulary import STATUSES, STUDY_VARIANTS, TERMINAL, VARIANTS, Status, Variant
 
 SUMMARY_FIELDS = tuple(VariantSummary.model_fields)
 COMPARISON_FIELDS = tuple(Comparison.model_fields)
+WHY_FIELDS = tuple(WhyNumbers.model_fields)
 BN_VERDICTS: dict[Outcome, Verdict] = {"better": "BN better", "same": "same", "worse": "BN worse"}
+# Per measurement (a `WhyNumbers` field), its known values per experiment and variant.
+Probed = dict[str, dict[tuple[int, Variant], list[float]]]
 
 
-def build(sweep: Sweep, tolerance: float) -> SweepReport:
+def probed(session: Session, sweep: Sweep) -> Probed:
+    """What the sweep's probes measured that the report summarizes (empty where none ran)."""
+    ids = [experiment.id for experiment in sweep.experiments]
+    columns = {"beta_smoothness": Landscape.beta_smoothness, "sharpness": Sharpness.eigenvalue}
+    return {name: queries.probe_values(session, ids, column) for name, column in columns.items()}
+
+
+def build(sweep: Sweep, tolerance: float, measured: Probed | None = None) -> SweepReport:
     experiments = list(sweep.experiments)
     columns = [f for f in varying_fields([e.spec for e in experiments]) if f != "seed"]
     rows: dict[str, list[Experiment]] = {}
@@ -48,7 +65,7 @@ def build(sweep: Sweep, tolerance: float) -> SweepReport:
         counts=status_counts(experiments),
         columns=columns,
         tolerance=tolerance,
-        rows=[_row(cells, columns, tolerance) for cells in rows.values()],
+        rows=[_row(cells, columns, tolerance, measured or {}) for cells in rows.values()],
     )
 
 
@@ -59,7 +76,9 @@ def status_counts(experiments: Sequence[Experiment]) -> dict[Status, int]:
     return counts
 
 
-def _row(cells: list[Experiment], columns: list[str], tolerance: float) -> ReportRow:
+def _row(
+    cells: list[Experiment], columns: list[str], tolerance: float, measured: Probed
+) -> ReportRow:
     done = [cell for cell in cells if cell.status == "succeeded"]
     trained = trained_variants(cells[0])  # the cells of a row differ in their seed only
     summaries = {v: summarize([run_of(cell, v) for cell in done]) for v in trained}
@@ -70,6 +89,7 @@ def _row(cells: list[Experiment], columns: list[str], tolerance: float) -> Repor
         if variant != against
     }
     study = comparisons.get("bn", Comparison()) if against == "plain" else Comparison()
+    why = _why(done, trained, measured)
     return ReportRow(
         values={column: cells[0].spec.get(column) for column in columns},
         experiment_ids=[cell.id for cell in cells],
@@ -83,7 +103,33 @@ def _row(cells: list[Experiment], columns: list[str], tolerance: float) -> Repor
         variants=summaries,
         against=against,
         comparisons=comparisons,
+        why=why,
+        beta_smoothness_plain_over_bn=_plain_over_bn(why, "beta_smoothness"),
     )
+
+
+def _why(
+    cells: list[Experiment], variants: list[Variant], measured: Probed
+) -> dict[Variant, WhyNumbers]:
+    """Per variant probed, the medians over the cells' probed steps."""
+    numbers = {}
+    for variant in variants:
+        medians = {
+            name: _median([v for cell in cells for v in values.get((cell.id, variant), [])])
+            for name, values in measured.items()
+        }
+        if any(median is not None for median in medians.values()):
+            numbers[variant] = WhyNumbers(**medians)
+    return numbers
+
+
+def _plain_over_bn(why: dict[Variant, WhyNumbers], name: str) -> float | None:
+    plain, bn = (getattr(why.get(v, WhyNumbers()), name) for v in ("plain", "bn"))
+    return plain / bn if plain is not None and bn else None
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def trained_variants(experiment: Experiment) -> list[Variant]:
@@ -163,7 +209,8 @@ def _speedup(reference_steps: float | None, other_steps: float | None) -> float 
 
 
 def to_csv(report: SweepReport) -> str:
-    variants, others = _variants_of(report), _beyond_the_pair(report)
+    variants, others, probed = _variants_of(report), _beyond_the_pair(report), _probed(report)
+    why_header = [f"{variant}_{name}" for variant in probed for name in WHY_FIELDS]
     header = [
         *report.columns,
         "seeds",
@@ -174,6 +221,8 @@ def to_csv(report: SweepReport) -> str:
         "speedup_90",
         *(["against"] if others else []),
         *(f"{variant}_{name}" for variant in others for name in COMPARISON_FIELDS),
+        *why_header,
+        *(["beta_smoothness_plain_over_bn"] if probed else []),
         "tolerance",
         "experiment_ids",
         "complete",
@@ -184,6 +233,7 @@ def to_csv(report: SweepReport) -> str:
     for row in report.rows:
         summaries = (row.variants.get(variant, VariantSummary()) for variant in variants)
         comparisons = (row.comparisons.get(variant, Comparison()) for variant in others)
+        whys = (row.why.get(variant, WhyNumbers()) for variant in probed)
         writer.writerow(
             [
                 *(_text(row.values[column]) for column in report.columns),
@@ -195,6 +245,8 @@ def to_csv(report: SweepReport) -> str:
                 _text(row.speedup_90),
                 *([row.against or ""] if others else []),
                 *(_text(getattr(c, name)) for c in comparisons for name in COMPARISON_FIELDS),
+                *(_text(getattr(w, name)) for w in whys for name in WHY_FIELDS),
+                *([_text(row.beta_smoothness_plain_over_bn)] if probed else []),
                 report.tolerance,
                 ";".join(map(str, row.experiment_ids)),
                 _text(report.complete),
@@ -215,6 +267,12 @@ def _beyond_the_pair(report: SweepReport) -> list[Variant]:
         v for row in report.rows for v in row.comparisons if (v, row.against) != ("bn", "plain")
     }
     return [variant for variant in VARIANTS if variant in compared]
+
+
+def _probed(report: SweepReport) -> list[Variant]:
+    """The variants any row has probe measurements of, in the vocabulary's order."""
+    probed = {variant for row in report.rows for variant in row.why}
+    return [variant for variant in VARIANTS if variant in probed]
 
 
 def _text(value: Any) -> str:
@@ -260,7 +318,40 @@ def to_markdown(report: SweepReport) -> str:
     others = _beyond_the_pair(report)
     if others:
         lines += ["", *_md_comparisons(report, others, several)]
+    probed = _probed(report)
+    if probed:
+        lines += ["", *_md_why(report, probed)]
     return "\n".join(lines) + "\n"
+
+
+def _md_why(report: SweepReport, probed: list[Variant]) -> list[str]:
+    """Why BN helped, measured: each variant's median beta-smoothness and sharpness, and plain's
+    beta-smoothness over bn's."""
+    header = [*report.columns]
+    for variant in probed:
+        header += [f"{variant} β-smoothness", f"{variant} sharpness"]
+    header.append("β plain / BN")
+    lines = [
+        "Why BN helps, measured (medians over the probed steps): *β-smoothness*, the largest "
+        "gradient change per unit of step along the gradient; *sharpness*, the top Hessian "
+        "eigenvalue (gradient descent is stable below 2/lr):",
+        "",
+        _md_line(header),
+        _md_line(["---"] * len(header)),
+    ]
+    for row in report.rows:
+        cells = [_md_value(row.values[column]) for column in report.columns]
+        for variant in probed:
+            numbers = row.why.get(variant, WhyNumbers())
+            cells += [_md_number(numbers.beta_smoothness), _md_number(numbers.sharpness)]
+        ratio = row.beta_smoothness_plain_over_bn
+        cells.append("…" if ratio is None else f"{ratio:.1f}x")
+        lines.append(_md_line(cells))
+    return lines
+
+
+def _md_number(value: float | None) -> str:
+    return "…" if value is None else f"{value:.3g}"
 
 
 def _md_comparisons(report: SweepReport, others: list[Variant], several: bool) -> list[str]:

@@ -140,6 +140,7 @@ def cancel_sweep(sweep: SweepDep, session: SessionDep, settings: SettingsDep) ->
 )
 def get_report(
     sweep: SweepDep,
+    session: SessionDep,
     request: Request,
     format: Annotated[
         ReportFormat | None, Query(description="Overrides the Accept header.")
@@ -152,7 +153,7 @@ def get_report(
     """One row per cell (or per cell over its seeds): each variant's final validation and test
     accuracy, steps to 0.90 and 0.95, divergence; BN's verdict and speed-up. While cells run it
     holds what is done, with `complete: false`."""
-    built = report.build(sweep, tolerance)
+    built = report.build(sweep, tolerance, report.probed(session, sweep))
     chosen = format or _format_from(request.headers.get("accept", ""))
     headers = {} if built.complete else {"Cache-Control": "no-store"}
     if chosen == "csv":

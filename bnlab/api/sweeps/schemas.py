@@ -116,6 +116,18 @@ class Comparison(BaseModel):
     )
 
 
+class WhyNumbers(BaseModel):
+    """One variant's measurements of why BN helps over the row's probed steps and seeds (where
+    the cells ran probes, see /experiments/{id}/landscape and /sharpness)."""
+
+    beta_smoothness: float | None = Field(
+        default=None, description="The median effective beta-smoothness."
+    )
+    sharpness: float | None = Field(
+        default=None, description="The median top Hessian eigenvalue (against 2/lr)."
+    )
+
+
 class ReportRow(BaseModel):
     values: dict[str, Any] = Field(description="The row's values of the varying fields.")
     experiment_ids: list[int] = Field(description="Its cells: one per seed.")
@@ -148,6 +160,14 @@ class ReportRow(BaseModel):
     )
     comparisons: dict[Variant, Comparison] = Field(
         default_factory=dict, description="Each other variant against `against`."
+    )
+    why: dict[Variant, WhyNumbers] = Field(
+        default_factory=dict, description="Where the cells ran probes: per variant, medians."
+    )
+    beta_smoothness_plain_over_bn: float | None = Field(
+        default=None,
+        description="plain's median beta-smoothness over bn's: how many times rougher the "
+        "landscape is without BN (Santurkar et al.); null unless both were probed.",
     )
 
 

@@ -1,0 +1,1 @@
+"""Why BN helps, measured on the user's run: landscape, internal covariate shift, sharpness."""
