@@ -45,13 +45,14 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from functools import cache
+from typing import TypeGuard
 
 import torch
 from torch import Tensor
 
 from bnlab.models.batchnorm import EPSILON, MOMENTUM
 from bnlab.models.data import to_inputs
-from bnlab.models.network import NetStack
+from bnlab.models.network import NetStack, Stack
 
 WRITTEN_OUT = ("relu", "sigmoid", "tanh", "leaky_relu", "elu")
 # The study's pair. The other variants train through the traced autograd step, at 0.65-0.87x
@@ -61,7 +62,7 @@ WRITTEN_OUT = ("relu", "sigmoid", "tanh", "leaky_relu", "elu")
 WRITTEN_OUT_VARIANTS = ("plain", "bn")
 
 
-def applies(stack: NetStack) -> bool:
+def applies(stack: Stack) -> TypeGuard[NetStack]:
     """The written-out step covers `plain` and `bn` MLPs on the CPU with torch's BN kernel; the
     other variants, conv nets and the written-out BN (the reference implementation) train
     through autograd. So do nets on a GPU: there the captured CUDA graph already takes the
@@ -71,7 +72,8 @@ def applies(stack: NetStack) -> bool:
     no_bn_or_torch_bn = stack.variant == "plain" or stack.bn_impl == "torch"
     on_cpu = stack.output_bias.device.type == "cpu"
     mlp = not stack.arch.conv_channels and stack.arch.activation in WRITTEN_OUT
-    return stack.variant in WRITTEN_OUT_VARIANTS and on_cpu and mlp and no_bn_or_torch_bn
+    written_out = stack.variant in WRITTEN_OUT_VARIANTS and on_cpu and mlp and no_bn_or_torch_bn
+    return written_out and isinstance(stack, NetStack)  # not an rnn's LSTMStack
 
 
 class WrittenOutStep:

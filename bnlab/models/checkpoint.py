@@ -22,7 +22,7 @@ from torch import Tensor
 
 from bnlab import artifacts
 from bnlab.models.batchnorm import BNImpl
-from bnlab.models.network import Architecture, NetStack
+from bnlab.models.network import Architecture, Stack, stack_class
 from bnlab.vocabulary import VARIANTS
 
 FORMAT_VERSION = 1
@@ -49,14 +49,12 @@ def save_net(
     return _write(path, tensors, NET_FORMAT, {**header, **meta})
 
 
-def load_net(path: Location, bn_impl: BNImpl = "bnlab") -> tuple[NetStack, dict[str, Any]]:
+def load_net(path: Location, bn_impl: BNImpl = "bnlab") -> tuple[Stack, dict[str, Any]]:
     """A stack of one net from its checkpoint, and the checkpoint's metadata."""
     return decode_net(_read(path), str(path), bn_impl)
 
 
-def decode_net(
-    data: bytes, name: str, bn_impl: BNImpl = "bnlab"
-) -> tuple[NetStack, dict[str, Any]]:
+def decode_net(data: bytes, name: str, bn_impl: BNImpl = "bnlab") -> tuple[Stack, dict[str, Any]]:
     """A stack of one net from a checkpoint's bytes (`name` says which, in errors)."""
     tensors, meta = _decode(data, name, NET_FORMAT)
     try:
@@ -66,12 +64,14 @@ def decode_net(
             hidden_layers=tuple(arch_fields["hidden_layers"]),
             conv_channels=tuple(arch_fields["conv_channels"]),
             groups=arch_fields.get("groups"),  # absent from checkpoints older than group_norm
+            rnn_hidden=arch_fields.get("rnn_hidden"),  # absent but for an rnn
+            sequence=arch_fields.get("sequence"),
         )
         variant = meta["variant"]
         if variant not in VARIANTS:
             raise CheckpointError(f"{name} holds a net of unknown variant {variant!r}")
-        stack = NetStack.from_net_states(arch, variant, [tensors], bn_impl)
-    except (KeyError, TypeError, RuntimeError, AssertionError) as error:
+        stack = stack_class(arch).from_net_states(arch, variant, [tensors], bn_impl)
+    except (KeyError, TypeError, ValueError, RuntimeError, AssertionError) as error:
         raise CheckpointError(f"{name} does not hold a bnlab net that loads: {error!r}") from None
     return stack.eval(), meta
 

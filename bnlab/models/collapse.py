@@ -13,14 +13,14 @@ from torch import Tensor
 
 from bnlab.models.data import Split
 from bnlab.models.inference import accuracy, logits
-from bnlab.models.network import NetStack
+from bnlab.models.network import Stack
 from bnlab.vocabulary import Mode
 
 LARGEST_BATCH = 1024
 
 
 @torch.no_grad()
-def one_at_a_time(stack: NetStack, images: Tensor, mode: Mode) -> Tensor:
+def one_at_a_time(stack: Stack, images: Tensor, mode: Mode) -> Tensor:
     """Classes (net, image), each image classified alone, as a batch of one."""
     guesses = [logits(stack, images[i : i + 1], mode).argmax(dim=2) for i in range(len(images))]
     return torch.cat(guesses, dim=1)
@@ -34,7 +34,7 @@ def batch_sizes(n_images: int, largest: int = LARGEST_BATCH) -> list[int]:
     return sizes
 
 
-def batch_size_effect(stack: NetStack, split: Split, sizes: Sequence[int]) -> list[list[float]]:
+def batch_size_effect(stack: Stack, split: Split, sizes: Sequence[int]) -> list[list[float]]:
     """Per batch size, each net's accuracy on the split with BN on the statistics of its batch
     (consecutive batches of that size; the last one holds what is left)."""
     return [accuracy(stack, split, "batch", batch_size=size) for size in sizes]

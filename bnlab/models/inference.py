@@ -22,7 +22,7 @@ from torch import Tensor
 
 from bnlab.models.batchnorm import EPSILON
 from bnlab.models.data import Split, to_inputs
-from bnlab.models.network import NetStack
+from bnlab.models.network import NetStack, Stack
 from bnlab.vocabulary import Mode
 
 
@@ -35,10 +35,10 @@ class Prediction:
 
 
 @torch.no_grad()
-def logits(stack: NetStack, images: Tensor, mode: Mode) -> Tensor:
+def logits(stack: Stack, images: Tensor, mode: Mode) -> Tensor:
     """Logits (net, image, class) for uint8 or [0, 1] float images (N, 28, 28)."""
     inputs = to_inputs(images) if images.dtype == torch.uint8 else images
-    if mode == "fused" and stack.variant == "bn":
+    if mode == "fused" and stack.foldable:
         stack = fuse(stack)
     result: Tensor = stack(inputs, "batch" if mode == "batch" else "population")
     return result
@@ -47,10 +47,10 @@ def logits(stack: NetStack, images: Tensor, mode: Mode) -> Tensor:
 class ServedNet:
     """One net ready to serve: its stack in eval mode, and its BN-fused twin, made once."""
 
-    def __init__(self, stack: NetStack) -> None:
+    def __init__(self, stack: Stack) -> None:
         assert stack.size == 1, "a served net is a stack of one"
         self.stack = stack.eval()
-        self.fused = fuse(stack) if stack.variant == "bn" else self.stack
+        self.fused = fuse(stack) if stack.foldable else self.stack
 
     @property
     def mode_applies(self) -> bool:
@@ -69,7 +69,7 @@ class ServedNet:
         )
 
 
-def accuracy(stack: NetStack, split: Split, mode: Mode, batch_size: int = 1000) -> list[float]:
+def accuracy(stack: Stack, split: Split, mode: Mode, batch_size: int = 1000) -> list[float]:
     """Each net's accuracy on a whole split, evaluated `batch_size` images at a time (in `batch`
     mode the batch size is what decides the statistics, so it matters)."""
     correct = torch.zeros(stack.size, dtype=torch.long, device=split.labels.device)
@@ -81,7 +81,7 @@ def accuracy(stack: NetStack, split: Split, mode: Mode, batch_size: int = 1000) 
 
 
 @torch.no_grad()
-def fuse(stack: NetStack) -> NetStack:
+def fuse(stack: Stack) -> NetStack:
     """The same nets with BN folded into the layer before it: W' = W * s, b' = beta - mean * s,
     s = gamma / sqrt(running_var + eps). Equal to ``population`` up to float rounding."""
     states = [_fused_state(stack.net_state(i), stack) for i in range(stack.size)]
@@ -89,7 +89,7 @@ def fuse(stack: NetStack) -> NetStack:
     return fused.to(stack.output_bias.device).eval()
 
 
-def _fused_state(state: dict[str, Tensor], stack: NetStack) -> dict[str, Tensor]:
+def _fused_state(state: dict[str, Tensor], stack: Stack) -> dict[str, Tensor]:
     n_hidden = len(stack.arch.weight_shapes()) - 1
     if "bn.0.gamma" not in state:
         return state

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from bnlab.models.data import to_inputs
-from bnlab.models.network import NetStack
+from bnlab.models.network import Stack
 from bnlab.vocabulary import ACTIVATIONS
 
 PROBE_SIZE = 256
@@ -78,7 +78,7 @@ class LayerStats:
 
 
 @torch.no_grad()
-def layer_stats(stack: NetStack, probe_images: Tensor) -> list[list[LayerStats]]:
+def layer_stats(stack: Stack, probe_images: Tensor) -> list[list[LayerStats]]:
     """Per net, per hidden layer (conv layers first): percentiles of the pre-activations and the
     fraction of dead units, for uint8 or [0, 1] float images (N, 28, 28)."""
     inputs = to_inputs(probe_images) if probe_images.dtype == torch.uint8 else probe_images
@@ -102,7 +102,7 @@ def layer_stats(stack: NetStack, probe_images: Tensor) -> list[list[LayerStats]]
     return [[layer[net] for layer in per_layer] for net in range(stack.size)]
 
 
-def weight_grad_norms(stack: NetStack, learning_rates: Sequence[float]) -> list[list[float]] | None:
+def weight_grad_norms(stack: Stack, learning_rates: Sequence[float]) -> list[list[float]] | None:
     """Per net, per hidden layer: the norm of the gradient of that net's own loss with respect to
     the layer's weight, as the last backward pass left it; None before any.
 

@@ -27,13 +27,15 @@ from torch import Tensor
 
 from bnlab.models.batchnorm import BatchNorm
 from bnlab.models.data import Split, to_inputs
-from bnlab.models.network import NetStack
+from bnlab.models.network import NetStack, Stack
 
 
 @torch.no_grad()
-def recalibrate(stack: NetStack, train: Split, batch_size: int = 1000) -> NetStack:
+def recalibrate(stack: Stack, train: Split, batch_size: int = 1000) -> NetStack:
     """A copy of the `bn` nets in `stack` with their BN population statistics measured over the
     `train` images; `batch_size` only bounds memory, the result does not depend on it."""
+    if not isinstance(stack, NetStack):
+        raise ValueError("recalibration covers MLP and conv nets; an rnn's BN is per time step")
     if not stack.batch_norms:
         raise ValueError(f"a {stack.variant} net has no BN statistics to recalibrate")
     if len(train) < 2:

@@ -26,7 +26,7 @@ from bnlab import artifacts
 from bnlab.api.core.domain_errors import Conflict, NotFound, Unavailable
 from bnlab.models.checkpoint import CheckpointError, decode_net, sha256
 from bnlab.models.inference import ServedNet
-from bnlab.models.network import NetStack
+from bnlab.models.network import Stack
 from bnlab.settings import Settings
 from bnlab.store import queries
 from bnlab.store.tables import Checkpoint
@@ -172,7 +172,7 @@ def verified_bytes(checkpoint: Checkpoint, experiment_id: int, variant: Variant)
 
 def open_checkpoint(
     checkpoint: Checkpoint, experiment_id: int, variant: Variant, settings: Settings
-) -> tuple[NetStack, dict[str, Any]]:
+) -> tuple[Stack, dict[str, Any]]:
     """The checkpoint's net and metadata from its verified bytes; a `Conflict` that says what is
     wrong otherwise."""
     data = verified_bytes(checkpoint, experiment_id, variant)
