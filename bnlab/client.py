@@ -317,6 +317,32 @@ class Experiment(Handle):
         results: dict[Variant, dict[str, Any]] = self._current()["results"]
         return results
 
+    def fork(self, step: int, **changes: Any) -> "Experiment":
+        """A new experiment continuing this one from sample point `step` (one of
+        `kept_steps`), with `changes` to any of learning_rate, training_batches,
+        batches_per_sample, keep_states_every, device and variants; queued."""
+        body = {"step": step, "changes": changes}
+        return Experiment(self.client, self.client.post(f"{self.path}/fork", body))
+
+    @property
+    def parent(self) -> dict[str, Any] | None:
+        """For a fork: its parent's `id`, the `step` it starts from and its `changes`
+        ({field: {"parent": value, "fork": value}}); None for an experiment that is no fork."""
+        parent: dict[str, Any] | None = self.info.get("parent")
+        return parent
+
+    @property
+    def forks(self) -> list["Experiment"]:
+        """The experiments forked from it, oldest first."""
+        ids: list[int] = self.refresh().get("forks") or []
+        return [self.client.experiment(fork_id) for fork_id in ids]
+
+    @property
+    def kept_steps(self) -> list[int]:
+        """The sample points it kept its training state at: where it can be forked from."""
+        steps: list[int] = self.refresh().get("kept_steps") or []
+        return steps
+
     def wait(self, progress: bool = True) -> "Experiment":
         """Follow it to its end (a progress bar with `progress` and tqdm installed); raises
         ExperimentFailed or ExperimentCancelled, with the server's reason, unless it succeeded."""

@@ -1,4 +1,4 @@
-"""`bnlab experiment run | list | show | curve | cancel`: paired experiments over HTTP."""
+"""`bnlab experiment run | list | show | curve | cancel | fork`: paired experiments over HTTP."""
 
 from pathlib import Path
 from typing import Annotated, Any
@@ -216,6 +216,7 @@ def _show_experiment(experiment: dict[str, Any]) -> None:
         console.print(f"error: {experiment['error']}", markup=False)
     if experiment.get("notice"):
         console.print(f"note: {experiment['notice']}", markup=False)
+    _show_lineage(experiment)
     _show_results(experiment, titled=False)
     if experiment["notes"]:
         console.print(Markdown(experiment["notes"]))
@@ -337,3 +338,80 @@ def _say_cancelled(experiment: dict[str, Any]) -> None:
         console.print(f"experiment {experiment['id']} cancelled")
     else:
         console.print(f"experiment {experiment['id']} stops at its next sample point")
+
+
+@app.command()
+@reports_errors
+def fork(
+    experiment_id: ExperimentId,
+    step: Annotated[
+        int,
+        typer.Option(min=0, help="A sample point it kept its training state at (see `show`)."),
+    ],
+    changes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="FIELD=VALUE, a change; repeat for several. Fields: learning_rate, "
+            "training_batches, batches_per_sample, keep_states_every, device, variants "
+            "(comma-separated, e.g. plain,bn,layer_norm).",
+        ),
+    ] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    json: Json = False,
+) -> None:
+    """Continue an experiment from one of its sample points, with changes: a new experiment,
+    queued, whose curve starts there."""
+    parsed = dict(_change(text) for text in changes or [])
+    print_answer(
+        url,
+        token,
+        json,
+        ask=lambda client: client.experiment(experiment_id).fork(step, **parsed).info,
+        show=_say_forked,
+    )
+
+
+def _change(text: str) -> tuple[str, Any]:
+    """'learning_rate=0.5' as ("learning_rate", 0.5): a number where it reads as one, a list
+    for variants, else the text (the server says what is wrong with it)."""
+    field, equals, value = text.partition("=")
+    if not equals or not field.strip():
+        raise typer.BadParameter(f"{text!r}: give FIELD=VALUE, e.g. learning_rate=0.5")
+    field = field.strip()
+    if field == "variants":
+        return field, [part.strip() for part in value.split(",") if part.strip()]
+    for kind in (int, float):
+        try:
+            return field, kind(value)
+        except ValueError:
+            pass
+    return field, value
+
+
+def _say_forked(experiment: dict[str, Any]) -> None:
+    console.print(f"experiment {experiment['id']} queued", markup=False)
+    _show_lineage(experiment)
+    _say_notice(experiment)
+
+
+def _show_lineage(experiment: dict[str, Any]) -> None:
+    """Where a fork comes from and what it changed; the forks made from it; where it can be
+    forked from."""
+    parent = experiment.get("parent")
+    if parent:
+        changes = "; ".join(
+            f"{field} {change['parent']} -> {change['fork']}"
+            for field, change in parent["changes"].items()
+        )
+        origin = f"#{parent['id']}" if parent["id"] is not None else "a deleted experiment"
+        console.print(
+            f"forked from {origin} at step {parent['step']}: {changes or 'no changes'}",
+            markup=False,
+        )
+    if experiment.get("forks"):
+        console.print(f"forks: {', '.join(f'#{i}' for i in experiment['forks'])}", markup=False)
+    if experiment.get("kept_steps"):
+        steps = ", ".join(map(str, experiment["kept_steps"]))
+        console.print(f"can be forked at steps: {steps}", markup=False)

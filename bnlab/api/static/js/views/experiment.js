@@ -107,8 +107,33 @@ function headView(experiment, show) {
         : null,
       cancellable ? h("button", { type: "button", class: "secondary", onclick: cancel }, "Cancel") : null,
     ),
+    lineageView(experiment),
     h("details", {}, h("summary", {}, "Full spec"), h("pre", {}, JSON.stringify(experiment.spec, null, 2))),
   ];
+}
+
+// Where a fork comes from and what it changed ("forked from #3 at step 1000: learning_rate
+// 0.01 → 0.5"), and the forks made from it; nothing for an experiment that is neither.
+function lineageView(experiment) {
+  const link = (id) => h("a", { href: `#/experiments/${id}` }, `#${id}`);
+  const parts = [];
+  const parent = experiment.parent;
+  if (parent) {
+    const changes = Object.entries(parent.changes).map(
+      ([field, change]) => `${field} ${JSON.stringify(change.parent)} → ${JSON.stringify(change.fork)}`,
+    );
+    parts.push(
+      "forked from ",
+      parent.id == null ? "a deleted experiment" : link(parent.id),
+      ` at step ${count(parent.step)}: ${changes.join("; ") || "no changes"}`,
+    );
+  }
+  const forks = experiment.forks || [];
+  if (forks.length) {
+    if (parts.length) parts.push(" · ");
+    parts.push("forks: ", ...forks.flatMap((id, i) => (i ? [", ", link(id)] : [link(id)])));
+  }
+  return parts.length ? h("p", { class: "lineage", "data-testid": "lineage" }, ...parts) : null;
 }
 
 function notesView(experiment, trouble) {
