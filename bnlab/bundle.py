@@ -74,8 +74,9 @@ class CheckpointEntry:
 class Bundle:
     """A bundle's contents. `experiment`: id, status, name, notes, tags, error, progress_step,
     created_at, started_at, finished_at (ISO 8601), imported_from (null unless the experiment
-    was itself imported); `curve`: per variant, lists step, val_accuracy, train_loss;
-    `checkpoint_bytes`: each checkpoint's bytes, by its entry's file name."""
+    was itself imported), fork (parent_id, step, changes; null unless it is a fork); `curve`:
+    per variant, lists step, val_accuracy, train_loss; `checkpoint_bytes`: each checkpoint's
+    bytes, by its entry's file name."""
 
     experiment: dict[str, Any]
     spec: dict[str, Any]

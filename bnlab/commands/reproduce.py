@@ -101,6 +101,13 @@ def reproduce(
     """Rerun a bundle's spec on the service and compare the curves: exit code 0 when it came out
     the same (bit for bit on the same CPU kind; else within float32's envelope), 1 if not."""
     original = _read(file)
+    fork = original.experiment.get("fork")
+    if fork:
+        raise ApiError(
+            f"{file.name} is the bundle of a fork: its run starts from experiment "
+            f"{fork['parent_id']}'s training state at step {fork['step']}, which no bundle "
+            "carries; reproduce the parent's bundle instead"
+        )
     with connect(url, token) as client:
         rerun = client.run(**original.spec)
         say = errors if json else console  # with --json, stdout is the verdict alone

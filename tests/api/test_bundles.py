@@ -180,6 +180,27 @@ def test_an_imported_experiment_answers_as_the_original(
     }
 
 
+def test_a_forks_bundle_names_its_parent_and_step(
+    client: TestClient, other: TestClient, session: Session
+) -> None:
+    parent = add_experiment(session, "succeeded")
+    fork = add_experiment(session, "succeeded", learning_rate=0.5)
+    fork.parent_id, fork.fork_step = parent.id, 100
+    fork.fork_changes = {"learning_rate": {"parent": 0.01, "fork": 0.5}}
+    session.commit()
+
+    data = bundle_of(client, fork.id)
+    told = json.loads(unzipped(data)["manifest.json"])["experiment"]
+    assert told["fork"] == {
+        "parent_id": parent.id,
+        "step": 100,
+        "changes": {"learning_rate": {"parent": 0.01, "fork": 0.5}},
+    }
+    imported = import_(other, data).json()
+    assert imported["imported_from"]["fork"] == told["fork"]
+    assert imported["parent"] is None  # its parent is not in this bnlab
+
+
 def test_a_running_experiment_has_no_bundle_yet(client: TestClient, session: Session) -> None:
     running = add_experiment(session, "running")
     response = client.get(f"/experiments/{running.id}/bundle")

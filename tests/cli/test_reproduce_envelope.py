@@ -1,9 +1,15 @@
 """`bnlab reproduce`'s verdict on two curves, no server: bit for bit counts every difference;
 the cross-CPU envelope takes a training loss off by up to step x 2^-24 (relative) and a
-validation accuracy off by one validation image, and nothing more."""
+validation accuracy off by one validation image, and nothing more. And a fork's bundle, which
+no rerun from its spec can reproduce, refused before anything is queued."""
 
+from pathlib import Path
 from typing import Any
 
+from typer.testing import CliRunner
+
+from bnlab import bundle
+from bnlab.cli import app
 from bnlab.commands.reproduce import ROUNDING, difference, same_kind
 
 VALIDATION = 200
@@ -53,3 +59,17 @@ def test_the_cpu_kind_is_the_cpu_the_device_torch_and_bn() -> None:
     assert not same_kind(here, {**here, "cpu": {**cpu, "capability": "DEFAULT"}})
     assert not same_kind(here, {**here, "torch": "2.6"})
     assert not same_kind(here, None)
+
+
+def test_a_forks_bundle_is_refused_saying_why(tmp_path: Path) -> None:
+    fork = {"id": 7, "status": "succeeded", "fork": {"parent_id": 3, "step": 100, "changes": {}}}
+    made = bundle.Bundle(fork, {"validation_size": VALIDATION}, None, {}, {}, {}, [], {})
+    path = tmp_path / "fork.zip"
+    path.write_bytes(bundle.write(made))
+
+    # Nothing listens on port 9: had it asked the server anything, the error would say so.
+    result = CliRunner().invoke(app, ["reproduce", str(path), "--url", "http://127.0.0.1:9"])
+
+    assert result.exit_code == 1
+    assert "a fork" in result.stderr and "experiment 3" in result.stderr
+    assert "step 100" in result.stderr and "cannot reach" not in result.stderr

@@ -115,7 +115,17 @@ def _described(experiment: Experiment) -> dict[str, Any]:
         "started_at": iso(experiment.started_at),
         "finished_at": iso(experiment.finished_at),
         "imported_from": experiment.imported_from,
+        "fork": _lineage(experiment),
     }
+
+
+def _lineage(experiment: Experiment) -> dict[str, Any] | None:
+    """A fork's parent, step and changes: its run starts from the parent's state there, which
+    the bundle does not carry."""
+    if experiment.fork_step is None:
+        return None
+    changes = experiment.fork_changes
+    return {"parent_id": experiment.parent_id, "step": experiment.fork_step, "changes": changes}
 
 
 async def uploaded(request: Request, settings: Settings) -> tuple[bytes, str | None]:
@@ -182,6 +192,7 @@ def take_in(session: Session, settings: Settings, data: bytes, file_name: str | 
         "made_by": bundle.made_by,
         "imported_at": utc_now().isoformat(),
         "imported_from": bundle.experiment.get("imported_from"),  # where it was before that
+        "fork": bundle.experiment.get("fork"),  # a fork there: its parent and step, there
     }
     ended = checked.ended
     columns = {
