@@ -216,9 +216,20 @@ def test_sweep_page_shows_the_report_and_the_curve_grid(
     page = dashboard.page
     page.goto(f"/#/sweeps/{sweep['id']}")
     expect(page.get_by_role("heading", name=f"Sweep {sweep['id']}")).to_contain_text("succeeded")
-    report = page.get_by_test_id("report").locator("tbody tr")
+    # A block per cell, a line per variant: its test accuracy as the API reports it.
+    rows = service.client.get(f"/sweeps/{sweep['id']}/report").json()["rows"]
+    report = page.get_by_test_id("report").locator("tbody")
     expect(report).to_have_count(2)
     expect(report.first.locator("td").first).to_have_text("relu")
+    for block, row in zip(report.all(), rows, strict=True):
+        lines = block.locator("tr[data-variant]")
+        expect(lines).to_have_count(2)
+        for variant in ("plain", "bn"):
+            shown = block.locator(f"tr[data-variant={variant}] td.number").first
+            expect(shown).to_have_text(f"{row['variants'][variant]['test_accuracy']:.3f}")
+    expect(page.get_by_test_id("legend-key").locator("[data-variant]")).to_have_text(
+        ["━ plain", "━ bn"]
+    )
     for cell in cells:
         card = page.get_by_test_id("curve-grid").locator(f"[data-experiment='{cell}']")
         expect(card.locator("[data-points]")).to_have_attribute("data-points", str(2 * len(STEPS)))

@@ -14,14 +14,23 @@ matplotlib.use("Agg")  # no display on a server; set before anything imports pyp
 from matplotlib.figure import Figure
 
 from bnlab.api.experiments.schemas import Series
-from bnlab.vocabulary import Variant
+from bnlab.vocabulary import VARIANTS, Variant
 
-COLORS = {"plain": "tab:orange", "bn": "tab:blue"}
-LABELS = {"plain": "without BN", "bn": "with BN"}
+# A colour per variant, by its place in the vocabulary (plain and bn keep the study's): left to
+# matplotlib's cycle, the variants after the pair would take the pair's colours again.
+TAB_COLORS = ("orange", "blue", "green", "red", "purple", "brown", "pink", "olive", "cyan")
+COLORS: dict[str, str] = {
+    v: f"tab:{TAB_COLORS[i % len(TAB_COLORS)]}" for i, v in enumerate(VARIANTS)
+}
+LABELS: dict[str, str] = {
+    **{variant: variant for variant in VARIANTS},
+    "plain": "without BN",
+    "bn": "with BN",
+}
 
 
 def curve_png(series: dict[Variant, Series], spec: dict[str, Any]) -> bytes:
-    """Validation accuracy against training step for both variants; valid with no points yet."""
+    """Validation accuracy against training step for every variant; valid with no points yet."""
     figure = Figure(figsize=(8, 5), dpi=100)
     axes = figure.add_subplot()
     for variant, points in series.items():

@@ -14,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from bnlab.api.core.plotting import COLORS, LABELS
 from bnlab.store.tables import CurvePoint, Experiment
-from bnlab.vocabulary import Variant
+from bnlab.vocabulary import STUDY_VARIANTS, Variant
 
 PANEL_INCHES = (2.8, 2.1)
 DPI = 80
@@ -77,8 +77,14 @@ def sweep_png(
         if cell.status != "succeeded":
             axes.text(0.5, 0.5, cell.status, transform=axes.transAxes, ha="center", alpha=0.5)
         _mark_diverged(axes, cell)
-    handles = [grid.flat[0].plot([], [], color=COLORS[v], label=LABELS[v])[0] for v in COLORS]
-    figure.legend(handles=handles, loc="lower center", ncols=2, fontsize=8, frameon=False)
+    # The variants drawn (the study's pair before any point), one legend line.
+    drawn = {variant for lines in curves.values() for variant in lines} or set(STUDY_VARIANTS)
+    handles = [
+        grid.flat[0].plot([], [], color=COLORS[v], label=LABELS[v])[0] for v in COLORS if v in drawn
+    ]
+    figure.legend(
+        handles=handles, loc="lower center", ncols=len(handles), fontsize=8, frameon=False
+    )
     figure.supylabel("validation accuracy", fontsize=9, x=0.08 / width)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

@@ -1,11 +1,12 @@
-// One experiment: status and progress, why it failed, both curves (live while it runs), the
-// results of plain vs bn, activation plots when the service has them, and the collapse demo.
+// One experiment: status and progress, why it failed, every variant's curve (live while it runs),
+// their results side by side, activation plots when the service has them, and the collapse demo.
 
 import { get, imageUrl, post } from "../api.js";
 import { annotations } from "../annotations.js";
 import { collapseDemo } from "../collapse.js";
-import { CurveChart, follow, VARIANTS } from "../curve.js";
+import { CurveChart, follow } from "../curve.js";
 import { accuracy, count, describeSpec, h, message, progressBar, statusBadge, TERMINAL } from "../dom.js";
+import { inOrder, vocabulary } from "../vocabulary.js";
 
 const RESULTS = [
   ["final validation accuracy", "final_val_accuracy", accuracy],
@@ -21,7 +22,10 @@ function reached(step, done) {
 }
 
 export async function experimentView(root, signal, id) {
-  let experiment = await get(`/experiments/${id}`);
+  let [experiment, { variants: order, defaultVariants }] = await Promise.all([
+    get(`/experiments/${id}`),
+    vocabulary(),
+  ]);
   if (signal.aborted) return; // the user has gone elsewhere meanwhile
   const head = h("div", { class: "head" });
   const notes = h("div");
@@ -40,7 +44,9 @@ export async function experimentView(root, signal, id) {
     h("section", {}, h("h2", {}, "Results"), results),
     after,
   );
-  const chart = new CurveChart(chartBox);
+  // The nets it trains: an experiment stored before `variants` existed trained the default pair.
+  const variants = inOrder(experiment.spec.variants ?? defaultVariants, order);
+  const chart = new CurveChart(chartBox, { variants, order });
   signal.addEventListener("abort", () => chart.destroy());
   // The curve as drawn, for the curious and for the browser test.
   window.bnlab = { chart };
@@ -53,7 +59,8 @@ export async function experimentView(root, signal, id) {
     head.replaceChildren(...headView(experiment, show));
     notes.replaceChildren(...notesView(experiment, trouble));
     progress.replaceChildren(progressBar(experiment.progress));
-    results.replaceChildren(resultsTable(experiment));
+    chart.setDiverged(experiment.results);
+    results.replaceChildren(resultsTable(experiment, variants));
     if (TERMINAL.includes(experiment.status) && !finishedShown) {
       finishedShown = true;
       showFinished(after, experiment, signal);
@@ -156,7 +163,7 @@ function notesView(experiment, trouble) {
   return notes;
 }
 
-function resultsTable(experiment) {
+function resultsTable(experiment, variants) {
   // "not reached" and "no" only once there is a whole run to say it of.
   const done = experiment.status === "succeeded";
   const rows = RESULTS.map(([label, key, format]) =>
@@ -164,7 +171,7 @@ function resultsTable(experiment) {
       "tr",
       { "data-result": key },
       h("th", {}, label),
-      ...VARIANTS.map((variant) =>
+      ...variants.map((variant) =>
         h("td", { "data-variant": variant }, format(experiment.results[variant]?.[key], done)),
       ),
     ),
@@ -175,7 +182,7 @@ function resultsTable(experiment) {
     h(
       "thead",
       {},
-      h("tr", {}, h("th", {}), h("th", { class: "plain" }, "plain"), h("th", { class: "bn" }, "bn")),
+      h("tr", {}, h("th", {}), variants.map((variant) => h("th", { "data-variant": variant }, variant))),
     ),
     h("tbody", {}, rows),
   );

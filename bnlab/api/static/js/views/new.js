@@ -3,6 +3,7 @@
 
 import { post } from "../api.js";
 import { h, message } from "../dom.js";
+import { vocabulary } from "../vocabulary.js";
 
 const LONG = { training_batches: 50000, batches_per_sample: 500 };
 const SHORT = { training_batches: 2000, batches_per_sample: 50 };
@@ -34,13 +35,16 @@ const FIELDS = [
   ["validation_size", "validation images", { type: "number", min: 100 }, 5000],
   ["batch_size", "batch size", { type: "number", min: 2 }, 60],
   ["hidden_layers", "hidden layers (widths)", { type: "text" }, "100, 100, 100"],
+  ["groups", "group_norm's groups (empty: the service's choice)", { type: "number", min: 1 }, ""],
   ["seed", "seed", { type: "number", min: 0 }, 0],
   ["device", "device", { options: ["cpu", "gpu"] }, "cpu"],
 ];
 
 export async function newView(root) {
+  const { variants, defaultVariants } = await vocabulary();
   const form = h("form", { class: "spec-form", "data-testid": "new-experiment" });
   const outcome = h("div");
+  form.append(variantsField(variants, defaultVariants));
   for (const [name, label, attributes, initial] of FIELDS)
     form.append(field(name, label, attributes, initial));
   form.append(h("div", { class: "actions" }, h("button", { type: "submit" }, "Start experiment")), outcome);
@@ -80,6 +84,23 @@ function field(name, label, { options, ...attributes }, initial) {
   return h("label", { class: attributes.type === "checkbox" ? "check" : null }, h("span", {}, label), input);
 }
 
+// The variants the service knows, as it lists them; the study's pair ticked.
+function variantsField(variants, ticked) {
+  return h(
+    "fieldset",
+    { class: "variants", "data-testid": "variants" },
+    h("legend", {}, "variants, trained side by side from the same initial weights"),
+    variants.map((variant) =>
+      h(
+        "label",
+        { class: "check" },
+        h("span", {}, variant),
+        h("input", { type: "checkbox", name: "variants", value: variant, checked: ticked.includes(variant) }),
+      ),
+    ),
+  );
+}
+
 function fill(form, values) {
   for (const [name, value] of Object.entries(values)) {
     const input = form.elements[name];
@@ -90,7 +111,8 @@ function fill(form, values) {
 
 // The form as an ExperimentSpec; the service checks it and says what is wrong.
 function readSpec(form) {
-  const spec = {};
+  const ticked = form.querySelectorAll("input[name=variants]:checked");
+  const spec = { variants: [...ticked].map((input) => input.value) };
   for (const [name, , attributes] of FIELDS) {
     const input = form.elements[name];
     if (attributes.type === "checkbox") spec[name] = input.checked;

@@ -3,8 +3,9 @@
 
 import { ApiError, get, imageUrl } from "../api.js";
 import { annotations } from "../annotations.js";
-import { CurveChart, sleep } from "../curve.js";
+import { CurveChart, legendKey, sleep } from "../curve.js";
 import { accuracy, count, h, message, statusBadge, TERMINAL } from "../dom.js";
+import { inOrder, variantColor, vocabulary } from "../vocabulary.js";
 
 const REFRESH_MS = 3000;
 const MOST_CURVES = 60;
@@ -22,16 +23,18 @@ export async function sweepView(root, signal, id) {
     );
     return;
   }
+  const { variants: order } = await vocabulary();
   if (signal.aborted) return;
   const head = h("div");
   const report = h("div", { "data-testid": "report" });
   const plot = h("div");
   const grid = h("div", { class: "grid", "data-testid": "curve-grid" });
+  const key = h("div");
   root.replaceChildren(
     head,
     annotations(`/sweeps/${id}`, sweep),
     h("section", {}, h("h2", {}, "Report"), report),
-    h("section", {}, h("h2", {}, "Curves"), grid),
+    h("section", {}, h("h2", {}, "Curves"), key, grid),
     h("section", {}, h("h2", {}, "Report plot"), plot),
   );
   const charts = new Map();
@@ -39,8 +42,10 @@ export async function sweepView(root, signal, id) {
 
   for (;;) {
     head.replaceChildren(...headView(sweep).filter(Boolean));
-    await showReport(report, plot, id, signal);
-    await showCurves(grid, charts, sweep, signal);
+    await showReport(report, plot, id, signal, order);
+    await showCurves(grid, charts, sweep, signal, order);
+    const drawn = new Set([...charts.values()].flatMap((card) => card.chart.variants));
+    key.replaceChildren(drawn.size ? legendKey([...drawn], order) : "");
     if (signal.aborted || TERMINAL.includes(sweep.status)) return;
     await sleep(REFRESH_MS, signal);
     if (signal.aborted) return;
@@ -76,9 +81,9 @@ function headView(sweep) {
   ];
 }
 
-async function showReport(report, plot, id, signal) {
+async function showReport(report, plot, id, signal, order) {
   try {
-    report.replaceChildren(reportTable(await get(`/sweeps/${id}/report`)));
+    report.replaceChildren(reportTable(await get(`/sweeps/${id}/report`), order));
   } catch (error) {
     const missing = error instanceof ApiError && error.missingRoute;
     report.replaceChildren(message("info", missing ? "This service has no sweep reports." : error.message));
@@ -92,27 +97,32 @@ async function showReport(report, plot, id, signal) {
   );
 }
 
-// [heading, value of a row]: the report in the study's terms, plain next to bn.
-const REPORT_COLUMNS = [
-  ["plain test acc", (row) => accuracy(row.plain?.test_accuracy)],
-  ["bn test acc", (row) => accuracy(row.bn?.test_accuracy)],
-  ["bn − plain", (row) => signed(row.test_accuracy_gain)],
-  ["verdict", (row) => row.verdict ?? "—"],
-  ["plain steps to 0.90", (row) => steps(row.plain?.steps_to_90)],
-  ["bn steps to 0.90", (row) => steps(row.bn?.steps_to_90)],
-  ["speed-up to 0.90", (row) => (row.speedup_90 == null ? "—" : `${row.speedup_90.toFixed(1)}x`)],
-  ["diverged", (row) => diverged(row)],
-  ["seeds done", (row) => `${row.done ?? 0} / ${(row.experiment_ids || []).length}`],
-  [
-    "experiments",
-    (row) => (row.experiment_ids || []).map((e) => h("a", { href: `#/experiments/${e}` }, `#${e} `)),
-  ],
+// The report, a block of lines per row (a sweep's cell, or its seeds together): one line per
+// variant, so the table keeps its width whatever number of variants the cells trained. The
+// row's values stick to the left when a wide grid still scrolls sideways inside its box.
+const PER_VARIANT = [
+  ["test acc", (summary) => withSpread(summary.test_accuracy, summary.test_accuracy_std)],
+  ["steps to 0.90", (summary) => steps(summary.steps_to_90)],
+  ["diverged", (summary, row) => diverged(summary, row.done)],
+];
+const AGAINST = [
+  ["± test acc", (comparison) => signed(comparison.test_accuracy_gain)],
+  ["verdict", (comparison) => comparison.verdict ?? "—"],
+  ["speed-up to 0.90", (comparison) => (comparison.speedup_90 == null ? "—" : `${comparison.speedup_90.toFixed(1)}x`)],
 ];
 
-function reportTable(data) {
+function reportTable(data, order) {
   if (!Array.isArray(data?.rows)) return h("pre", {}, JSON.stringify(data, null, 2));
   if (!data.rows.length) return h("p", { class: "muted" }, "No rows yet.");
   const columns = data.columns || [];
+  const headings = [
+    ...columns.map(fieldName),
+    "variant",
+    ...PER_VARIANT.map(([title]) => title),
+    ...AGAINST.map(([title]) => `${title} vs reference`),
+    "seeds done",
+    "experiments",
+  ];
   return h(
     "div",
     {},
@@ -120,31 +130,77 @@ function reportTable(data) {
       ? h("p", { class: "muted" }, "Cells are still running: the table holds what is done.")
       : null,
     h(
-      "table",
-      { class: "list report" },
+      "div",
+      { class: "table-scroll", "data-testid": "report-scroll" },
       h(
-        "thead",
-        {},
+        "table",
+        { class: "list report" },
         h(
-          "tr",
+          "thead",
           {},
-          [...columns, ...REPORT_COLUMNS.map(([title]) => title)].map((t) => h("th", {}, t)),
-        ),
-      ),
-      h(
-        "tbody",
-        {},
-        data.rows.map((row) =>
           h(
             "tr",
             {},
-            columns.map((c) => h("td", {}, String(row.values?.[c] ?? "—"))),
-            REPORT_COLUMNS.map(([, value]) => h("td", {}, value(row))),
+            headings.map((title, i) => h("th", { class: i === 0 ? "sticky" : null }, title)),
           ),
         ),
+        data.rows.map((row) => reportRows(row, columns, order)),
       ),
     ),
   );
+}
+
+function reportRows(row, columns, order) {
+  const variants = inOrder(Object.keys(row.variants || {}), order);
+  const span = { rowspan: variants.length };
+  return h(
+    "tbody",
+    { "data-row": (row.experiment_ids || []).join(",") },
+    variants.map((variant, line) => {
+      const first = line === 0;
+      const against = variant === row.against;
+      const comparison = row.comparisons?.[variant] || {};
+      return h(
+        "tr",
+        { "data-variant": variant },
+        first
+          ? columns.map((c, i) => h("td", { ...span, class: i === 0 ? "sticky" : null }, shown(row.values?.[c])))
+          : null,
+        h(
+          "td",
+          { class: columns.length ? "variant" : "variant sticky", style: `color: ${variantColor(variant, order)}` },
+          variant,
+        ),
+        PER_VARIANT.map(([, value]) => h("td", { class: "number" }, value(row.variants[variant], row))),
+        against
+          ? h("td", { colspan: AGAINST.length, class: "muted" }, "reference")
+          : AGAINST.map(([, value]) => h("td", { class: "number" }, value(comparison))),
+        first ? h("td", { ...span, class: "number" }, `${row.done ?? 0} / ${(row.experiment_ids || []).length}`) : null,
+        first
+          ? h(
+              "td",
+              span,
+              (row.experiment_ids || []).map((e) => h("a", { href: `#/experiments/${e}` }, `#${e} `)),
+            )
+          : null,
+      );
+    }),
+  );
+}
+
+// A field's name as the API spells it, free to wrap at its underscores.
+function fieldName(name) {
+  return name.split("_").flatMap((part, i) => (i ? ["_", h("wbr"), part] : [part]));
+}
+
+function shown(value) {
+  if (value === null || value === undefined) return "—";
+  if (Array.isArray(value)) return value.join(", ");
+  return typeof value === "number" ? count(value) : String(value);
+}
+
+function withSpread(value, std) {
+  return std == null ? accuracy(value) : `${accuracy(value)} ±${std.toFixed(3)}`;
 }
 
 function signed(value) {
@@ -155,15 +211,16 @@ function steps(value) {
   return value == null ? "—" : count(Math.round(value));
 }
 
-function diverged(row) {
-  const parts = [];
-  if (row.plain?.diverged) parts.push(`plain ${Math.round(row.plain.diverged * 100)}%`);
-  if (row.bn?.diverged) parts.push(`bn ${Math.round(row.bn.diverged * 100)}%`);
-  return parts.join(", ") || "no";
+// "at 37" for one seed; over several, how many diverged and the earliest step.
+function diverged(summary, done) {
+  if (!summary.diverged) return summary.diverged === 0 ? "no" : "—";
+  const at = `at ${count(summary.diverged_at_step)}`;
+  return done > 1 ? `${Math.round(summary.diverged * done)} of ${done}, first ${at}` : at;
 }
 
-// One small chart per cell, labelled with its values; finished cells are not fetched again.
-async function showCurves(grid, charts, sweep, signal) {
+// One small chart per cell, labelled with its values, its diverged nets marked once it has
+// finished; finished cells are not fetched again.
+async function showCurves(grid, charts, sweep, signal, order) {
   const cells = (sweep.cells || []).slice(0, MOST_CURVES);
   if (!cells.length) {
     grid.replaceChildren(h("p", { class: "muted" }, "The sweep has no cells."));
@@ -177,7 +234,7 @@ async function showCurves(grid, charts, sweep, signal) {
       const box = h("div", { class: "chart small" });
       const title = h("div", { class: "card-title" });
       grid.append(h("div", { class: "card", "data-experiment": cell.id }, title, box));
-      card = { title, chart: new CurveChart(box, { height: 160, axes: false }) };
+      card = { title, chart: new CurveChart(box, { height: 160, axes: false, order }) };
       charts.set(cell.id, card);
     }
     const values = Object.entries(cell.values || {}).map(([name, value]) => `${name} ${value}`);
@@ -190,6 +247,7 @@ async function showCurves(grid, charts, sweep, signal) {
     card.chart.setTotal(cell.progress?.total);
     card.chart.replace((await get(`/experiments/${cell.id}/curve`)).series);
     card.done = TERMINAL.includes(cell.status);
+    if (card.done) card.chart.setDiverged((await get(`/experiments/${cell.id}`)).results);
   }
   if ((sweep.cells || []).length > MOST_CURVES && !grid.dataset.truncated) {
     grid.dataset.truncated = "yes";
