@@ -2,8 +2,9 @@
 
 A training step of the study's small nets is some 150 kernels of a few microseconds each;
 launched one by one from Python, the GPU spends most of a step waiting for the next launch.
-Captured, a step is one launch. The graph reads its batch through a fixed index tensor, so a
-replay is: copy the batch's indices in, replay, read the losses out.
+Captured, a step is one launch. The graph reads its batch through fixed input tensors (the
+batch's indices, and a bn_noisy net's noise), so a replay is: copy the inputs in, replay, read the
+losses out.
 
 Capturing needs a few steps run beforehand (cuBLAS and autograd allocate on first use). Those
 warm-up steps really train, so every parameter and buffer is put back as it was afterwards: the
@@ -22,32 +23,33 @@ _capturing = threading.Lock()
 
 
 class GraphedStep:
-    """`step(indices) -> losses`, which updates `state` in place, captured as a CUDA graph."""
+    """`step(*inputs) -> losses`, which updates `state` in place, captured as a CUDA graph."""
 
     def __init__(
-        self, step: Callable[[Tensor], Tensor], state: Sequence[Tensor], indices: Tensor
+        self, step: Callable[..., Tensor], state: Sequence[Tensor], inputs: Sequence[Tensor]
     ) -> None:
-        device = indices.device
-        self.indices = indices.clone()
+        device = inputs[0].device
+        self.inputs = [tensor.clone() for tensor in inputs]
         with _capturing:
             before = [tensor.detach().clone() for tensor in state]
             side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]  # torch's is untyped
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(WARMUP_STEPS):
-                    step(self.indices)
+                    step(*self.inputs)
             torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             # thread_local: the other lane may launch work on this GPU meanwhile.
             with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-                self.losses = step(self.indices)
+                self.losses = step(*self.inputs)
         with torch.no_grad():
             for tensor, saved in zip(state, before, strict=True):
                 tensor.copy_(saved)
 
-    def replay(self, indices: Tensor) -> Tensor:
-        """One training step on the batch `indices`; the losses tensor is overwritten by the
-        next replay, so read it before."""
-        self.indices.copy_(indices)
+    def replay(self, inputs: Sequence[Tensor]) -> Tensor:
+        """One training step on `inputs` (the batch's indices, ...); the losses tensor is
+        overwritten by the next replay, so read it before."""
+        for tensor, given in zip(self.inputs, inputs, strict=True):
+            tensor.copy_(given)
         self.graph.replay()
         return self.losses

@@ -7,8 +7,9 @@ trains up to 16 cells that share an architecture, a batch order (seed, batch siz
 schedule (training batches, sample interval) as one group, so each step costs one pass over the
 batch for all of them.
 
-Nets train in *lanes*: a lane is one `NetStack` holding every cell's net of one variant, stepped
-by one thread; the lanes run in parallel, sharing the cores, and meet at every sample point.
+Nets train in *lanes*: a lane is one `Stack` (a `NetStack`, or an rnn's `LSTMStack`) holding
+every cell's net of one variant, stepped by one thread; the lanes run in parallel, sharing the
+cores, and meet at every sample point.
 
 Plain SGD: each net's loss is weighted by its own learning rate and torch's SGD steps with lr 1,
 the same update with one optimizer for a whole stack. MLPs with torch's BN kernel (the default)
@@ -40,8 +41,15 @@ from bnlab.models.batchnorm import BNImpl
 from bnlab.models.data import BatchOrder, Split, Splits, to_inputs
 from bnlab.models.graphs import GraphedStep
 from bnlab.models.inference import accuracy
-from bnlab.models.network import Architecture, NetStack, initial_weights
+from bnlab.models.network import (
+    Architecture,
+    Stack,
+    bn_noise,
+    initial_weights,
+    stack_class,
+)
 from bnlab.models.probes import PROBE_SIZE, LayerStats, layer_stats, weight_grad_norms
+from bnlab.models.why import NO_PROBES, Batch, Probes, WhySample, measure
 from bnlab.vocabulary import STUDY_VARIANTS, Variant
 
 T = TypeVar("T")
@@ -86,6 +94,7 @@ class NetSample:
     val_accuracy: float
     train_loss: float | None  # mean since the last sample; None at step 0
     layers: tuple[LayerSample, ...] = ()  # per hidden layer, conv layers first
+    why: WhySample | None = None  # where `Probes` ran at this sample point (see `why`)
 
 
 @dataclass(frozen=True)
@@ -126,8 +135,17 @@ class Lane:
 
     cuda_graphs = True
 
-    def __init__(self, stack: NetStack, nets: Sequence[Net], train: Split, spec: TrainingSpec):
+    def __init__(
+        self,
+        stack: Stack,
+        nets: Sequence[Net],
+        train: Split,
+        spec: TrainingSpec,
+        probes: Probes = NO_PROBES,
+    ) -> None:
         self.variant: Variant = stack.variant
+        self.probes = probes
+        self.batches_per_sample = spec.batches_per_sample
         self.nets = {net.cell: net for net in nets}
         self.train_split = train
         self.device = train.labels.device
@@ -138,7 +156,7 @@ class Lane:
         self._grad_norms: dict[str, list[float]] = {}  # per net and layer, at the last step
         self._use(stack, [net.cell for net in nets])
 
-    def _use(self, stack: NetStack, active: list[str]) -> None:
+    def _use(self, stack: Stack, active: list[str]) -> None:
         self.stack = stack
         self.active = active
         self.optimizer = torch.optim.SGD(stack.parameters(), lr=1.0, foreach=True)
@@ -177,21 +195,28 @@ class Lane:
         self._mean_loss = losses.double().mean(dim=0).tolist()
 
     def _train_step(self, step: int, keep_grads: bool = True) -> Tensor:
-        indices = self.order.indices(step)
+        inputs = (self.order.indices(step), *self._noise(step))
         if self.device.type != "cuda" or not self.cuda_graphs:
-            return self._step(indices, keep_grads)
+            return self._step(*inputs, keep_grads=keep_grads)
         if self._graph is None:
             state = [*self.stack.parameters(), *self.stack.buffers()]
-            self._graph = GraphedStep(self._step, state, indices)
-        return self._graph.replay(indices)
+            self._graph = GraphedStep(self._step, state, inputs)
+        return self._graph.replay(inputs)
 
-    def _step(self, indices: Tensor, keep_grads: bool = True) -> Tensor:
+    def _noise(self, step: int) -> list[Tensor]:
+        """A bn_noisy lane's noise at `step` (none for the other variants)."""
+        if not self.stack.noisy:
+            return []
+        noise = bn_noise(self.stack.arch, self.order.batch_size, self.order.seed, step)
+        return [n.to(self.device) for n in noise]
+
+    def _step(self, indices: Tensor, *noise: Tensor, keep_grads: bool = True) -> Tensor:
         # index_select copies whole rows: 10x faster than advanced indexing here (3 vs 31 us)
         images = self.train_split.images.index_select(0, indices)
         labels = self.train_split.labels.index_select(0, indices)
         if self._written_out is not None:
             return self._written_out(images, labels, keep_grads)
-        losses: Tensor = self._losses(images, labels)
+        losses: Tensor = self._losses(images, labels, *noise)
         self.optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(losses.dot(self._loss_weights))  # Tensor.backward is untyped
         self.optimizer.step()
@@ -213,7 +238,8 @@ class Lane:
             self.active = []
             return
         arch, bn_impl = self.stack.arch, self.stack.bn_impl
-        stack = NetStack.from_net_states(arch, self.variant, list(states.values()), bn_impl)
+        states_list = list(states.values())
+        stack = stack_class(arch).from_net_states(arch, self.variant, states_list, bn_impl)
         self._use(stack.to(self.device), list(states))
 
     def drop(self, cells: set[str]) -> None:
@@ -238,7 +264,7 @@ class Lane:
     def _rates(self, cells: Sequence[str]) -> list[float]:
         return [self.nets[cell].learning_rate for cell in cells]
 
-    def _per_net(self, measure: Callable[[NetStack, list[str]], list[T]]) -> list[T]:
+    def _per_net(self, measure: Callable[[Stack, list[str]], list[T]]) -> list[T]:
         """`measure(stack, its cells)` over the stacks the active nets train in, per net. A
         written-out lane trains each net as a stack of one and measures it so: what a net
         reports then does not depend on the nets beside it either."""
@@ -249,15 +275,16 @@ class Lane:
         singles = zip(self._written_out.singles, self.active, strict=True)
         return [result for net, cell in singles for result in measure(net, [cell])]
 
-    def _grad_norms_of(self, stack: NetStack, cells: list[str]) -> list[list[float]]:
+    def _grad_norms_of(self, stack: Stack, cells: list[str]) -> list[list[float]]:
         norms = weight_grad_norms(stack, self._rates(cells))
         assert norms is not None, "a training step leaves its weight gradients"
         return norms
 
-    def sample(self, validation: Split) -> dict[str, NetSample]:
+    def sample(self, validation: Split, step: int) -> dict[str, NetSample]:
         val_accuracy = self._per_net(lambda stack, _: accuracy(stack, validation, "population"))
         probe = validation.images[:PROBE_SIZE]
         stats = self._per_net(lambda stack, _: layer_stats(stack, probe))
+        why = self._why(step) if self.probes.due(step, self.batches_per_sample) else None
         mean_loss, grad_norms = self._mean_loss, self._grad_norms
         self._mean_loss, self._grad_norms = None, {}
         return {
@@ -265,9 +292,26 @@ class Lane:
                 val_accuracy[i],
                 mean_loss[i] if mean_loss else None,
                 _layer_samples(stats[i], grad_norms.get(cell)),
+                why[i] if why else None,
             )
             for i, cell in enumerate(self.active)
         }
+
+    def _why(self, step: int) -> list[WhySample]:
+        """`probes`' measurements at the sample point of `step`, per net: on the next training
+        batch (the one step `step` trains on) and on step 0's batch (see `why`)."""
+        batch, fixed = self._batch(step), self._batch(0)
+        next_noise = self._noise(step + 1)
+        return self._per_net(
+            lambda stack, cells: measure(
+                stack, self._rates(cells), self.probes, batch, next_noise, fixed
+            )
+        )
+
+    def _batch(self, step: int) -> Batch:
+        indices = self.order.indices(step)
+        images = self.train_split.images.index_select(0, indices)
+        return Batch(images, self.train_split.labels.index_select(0, indices), self._noise(step))
 
     def test_accuracies(self, test: Split, batch_size: int) -> dict[str, tuple[float, float]]:
         """Per net still training: accuracy with population and with batch statistics."""
@@ -291,24 +335,25 @@ def _layer_samples(
 class _Losses(nn.Module):
     """Each net's mean cross-entropy on a batch of uint8 images: a training step's forward."""
 
-    def __init__(self, stack: NetStack) -> None:
+    def __init__(self, stack: Stack) -> None:
         super().__init__()
         self.stack = stack
 
-    def forward(self, images: Tensor, labels: Tensor) -> Tensor:
-        logits = self.stack(to_inputs(images), "train")
+    def forward(self, images: Tensor, labels: Tensor, *noise: Tensor) -> Tensor:
+        logits = self.stack(to_inputs(images), "train", noise=noise)
         size = logits.shape[0]
         targets = labels.expand(size, -1).flatten()  # a view for a lone net, no copy
         losses = F.cross_entropy(logits.flatten(0, 1), targets, reduction="none")
         return losses.view(size, -1).mean(dim=1)
 
 
-def _traced_losses(stack: NetStack, train: Split, batch_size: int) -> torch.jit.ScriptModule:
+def _traced_losses(stack: Stack, train: Split, batch_size: int) -> torch.jit.ScriptModule:
     """The forward as one TorchScript graph. Eager, each of its ~60 small ops takes and drops
     the GIL, and lanes in threads then run one at a time; traced, a lane holds the GIL only to
     call the graph, and the lanes really run side by side. Same ops, same results."""
     buffers = [buffer.clone() for buffer in stack.buffers()]
-    example = (train.images[:batch_size], train.labels[:batch_size])
+    noise = bn_noise(stack.arch, batch_size, 0, 0) if stack.noisy else []
+    example = (train.images[:batch_size], train.labels[:batch_size], *noise)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about sizes: batches have one size
         # torch.jit.trace has no type annotations
@@ -361,7 +406,7 @@ class Trainer:
 
         def train_and_sample(lane: Lane) -> dict[str, NetSample]:
             lane.train(self.step, end)
-            return lane.sample(self.validation)
+            return lane.sample(self.validation, end)
 
         by_lane = list(zip(self.lanes, pool.map(train_and_sample, self.lanes), strict=True))
         self.step = end
@@ -484,10 +529,12 @@ def build_trainer(
     device: torch.device,
     bn_impl: BNImpl = "bnlab",
     variants: Sequence[Variant] = STUDY_VARIANTS,
+    probes: Probes = NO_PROBES,
 ) -> Trainer:
     """A lane per variant holding every cell's net of that variant; each cell's nets start from
     copies of the same initial weights (drawn from its weight_std and seed) and step on the same
-    batch sequence."""
+    batch sequence. `probes` (none by default) are measured at every `probes.every`-th sample
+    point, in the lanes' threads."""
     if not cells:
         raise ValueError("a trainer needs at least one cell")
     if not variants or len(set(variants)) != len(variants):
@@ -504,10 +551,11 @@ def build_trainer(
     train = splits.train.to(device)
     lanes = [
         Lane(
-            NetStack(arch, variant, weights, bn_impl).to(device),
+            stack_class(arch)(arch, variant, weights, bn_impl).to(device),
             [Net(cell.name, cell.spec.learning_rate) for cell in cells],
             train,
             schedule,
+            probes,
         )
         for variant in variants
     ]

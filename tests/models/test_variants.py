@@ -13,7 +13,7 @@ from bnlab.models.batchnorm import EPSILON, GroupNorm
 from bnlab.models.checkpoint import load_net, save_net
 from bnlab.models.data import Splits
 from bnlab.models.inference import ServedNet
-from bnlab.models.network import Architecture, NetStack, initial_weights
+from bnlab.models.network import Architecture, NetStack, bn_noise, initial_weights
 from bnlab.models.trainer import Cell, TrainingSpec, build_trainer
 from bnlab.vocabulary import BATCH_DEPENDENT, STUDY_VARIANTS, VARIANTS, Variant
 from tests.models.conftest import CPU, LONE, lone_trainer
@@ -115,9 +115,23 @@ def test_default_groups_are_the_most_up_to_32_of_4_or_more_in_every_width() -> N
     assert Architecture(groups=5).norm_groups() == 5
 
 
-def hand_built(arch: Architecture, variant: Variant, state: dict[str, Tensor]) -> nn.Sequential:
+class Noise(nn.Module):
+    """bn_noisy's noise, added as a user would: a fixed tensor (per image, unit, position)."""
+
+    def __init__(self, noise: Tensor) -> None:
+        super().__init__()
+        self.noise = noise
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.noise
+
+
+def hand_built(
+    arch: Architecture, variant: Variant, state: dict[str, Tensor], noise: list[Tensor]
+) -> nn.Sequential:
     """The net a user would write with torch's modules, in the variant's order, from `state`
-    (a `NetStack.net_state`): the reference for the order of operations."""
+    (a `NetStack.net_state`): the reference for the order of operations. A bn_noisy net's
+    `noise` follows its BN."""
     layers: list[nn.Module] = []
     shapes = arch.weight_shapes()
     for i, shape in enumerate(shapes[:-1]):
@@ -134,6 +148,8 @@ def hand_built(arch: Architecture, variant: Variant, state: dict[str, Tensor]) -
         norm = reference_norm(arch, variant, shape[0], conv)
         if variant != "bn_after" and norm is not None:
             layers.append(norm)
+        if variant == "bn_noisy":
+            layers.append(Noise(noise[i]))
         layers.append(nn.Tanh())
         if variant == "bn_after" and norm is not None:
             layers.append(norm)
@@ -148,7 +164,7 @@ def hand_built(arch: Architecture, variant: Variant, state: dict[str, Tensor]) -
 def reference_norm(
     arch: Architecture, variant: Variant, width: int, conv: bool
 ) -> nn.Module | None:
-    if variant in ("bn", "bn_after"):
+    if variant in ("bn", "bn_after", "bn_noisy"):
         # torch's momentum is the weight of the batch: the study's 0.01
         return (nn.BatchNorm2d if conv else nn.BatchNorm1d)(width, eps=EPSILON, momentum=0.01)
     if variant == "layer_norm":
@@ -168,9 +184,10 @@ def test_each_variant_does_its_operations_in_order(arch: Architecture, variant: 
     with torch.no_grad():  # biases off zero, so that a bias in the wrong place shows
         for bias in ours.biases:
             bias.normal_()
-    theirs = hand_built(arch, variant, ours.net_state(0)).train()
+    noise = bn_noise(arch, 12, seed=0, step=5) if variant == "bn_noisy" else []
+    theirs = hand_built(arch, variant, ours.net_state(0), noise).train()
     images = torch.rand(12, 28, 28)
-    logits = ours(images, "train")[0]
+    logits = ours(images, "train", noise=noise)[0]
     expected = theirs(images.unsqueeze(1) if arch.conv_channels else images)
     torch.testing.assert_close(logits, expected, **TOLERANCE)
     # a mean, not a sum: gradients of unit scale or below, as TOLERANCE assumes
@@ -185,6 +202,8 @@ def test_each_variant_does_its_operations_in_order(arch: Architecture, variant: 
                 ours.net_state(0)[f"bn.{i}.running_mean"], bn.running_mean, **TOLERANCE
             )
     theirs.eval()
+    for noise_module in (m for m in theirs if isinstance(m, Noise)):
+        noise_module.noise = torch.zeros(())  # bn_noisy serves as bn: no noise
     torch.testing.assert_close(
         ours(images, "population")[0],
         theirs(images.unsqueeze(1) if arch.conv_channels else images),
@@ -231,7 +250,8 @@ def test_a_trainer_refuses_no_variants_or_a_repeated_one(splits: Splits) -> None
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_saves_loads_and_answers_alike(tmp_path: Path, variant: Variant) -> None:
     stack = NetStack(TINY_CONV, variant, [initial_weights(TINY_CONV, 0.3, seed=0)])
-    stack(torch.rand(20, 28, 28), "train")  # running statistics off their start
+    noise = bn_noise(TINY_CONV, 20, seed=0, step=0) if stack.noisy else []
+    stack(torch.rand(20, 28, 28), "train", noise=noise)  # running statistics off their start
     path = tmp_path / f"{variant}.safetensors"
     save_net(path, stack.net_state(0), variant=variant, arch=TINY_CONV)
     loaded, meta = load_net(path)
