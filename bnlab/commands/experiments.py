@@ -1,5 +1,6 @@
 """`bnlab experiment run | list | show | curve | cancel | fork`: paired experiments over HTTP."""
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,9 +24,16 @@ from bnlab.commands.common import (
     reports_errors,
 )
 from bnlab.commands.watch import watch
-from bnlab.vocabulary import Activation, Dataset, Queue, Status, Variant
+from bnlab.vocabulary import VARIANTS, Activation, Dataset, Queue, Status, Variant
 
-app = typer.Typer(help="Run and inspect paired experiments (plain vs bn).", no_args_is_help=True)
+app = typer.Typer(
+    help="Run and inspect experiments: variants side by side (plain vs bn by default).",
+    no_args_is_help=True,
+)
+
+# typer takes no list of a Literal, but a list of an Enum: the vocabulary's variants as one
+# (made from the tuple, so mypy cannot list its members; nothing here needs them by name)
+VariantChoice = StrEnum("VariantChoice", {variant: variant for variant in VARIANTS})  # type: ignore[misc]
 
 ExperimentId = Annotated[
     int, typer.Argument(min=1, help="The experiment's id.", show_default=False)
@@ -69,6 +77,13 @@ def run(
     conv_channels: Annotated[
         str | None, typer.Option(help="Conv layers before the MLP head, e.g. 8,16.")
     ] = None,
+    variant: Annotated[
+        list[VariantChoice] | None,
+        typer.Option(help="A net to train; repeat for several (default: plain and bn)."),
+    ] = None,
+    groups: Annotated[
+        int | None, typer.Option(help="group_norm's groups (default: the server's choice).")
+    ] = None,
     validation_size: Annotated[
         int | None, typer.Option(help="Held-out training images (default: 5,000).")
     ] = None,
@@ -81,7 +96,8 @@ def run(
     token: Token = None,
     json: Json = False,
 ) -> None:
-    """Queue an experiment: a plain and a bn net, same initial weights, same batches.
+    """Queue an experiment: its variants (plain and bn unless --variant), same initial weights,
+    same batches.
 
     With --wait, follow it live and exit non-zero unless it succeeds.
     """
@@ -96,6 +112,8 @@ def run(
         "batch_size": batch_size,
         "hidden_layers": _widths(hidden_layers),
         "conv_channels": _widths(conv_channels),
+        "variants": variant and [choice.value for choice in variant],
+        "groups": groups,
         "validation_size": validation_size,
         "seed": seed,
         "device": device,
@@ -279,7 +297,7 @@ def curve(
     token: Token = None,
     json: Json = False,
 ) -> None:
-    """Validation accuracy (and training loss) of both variants per sample point."""
+    """Validation accuracy (and training loss) of every variant per sample point."""
     with connect(url, token) as client:
         experiment = client.experiment(experiment_id)
         series = experiment.series()

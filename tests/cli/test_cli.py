@@ -120,6 +120,27 @@ def test_list_show_and_curve_read_the_experiment(
     assert "300" in plotted.stdout  # the table's last row
 
 
+def test_run_trains_the_variants_asked_for_and_show_and_curve_print_each(url: str) -> None:
+    asked = ["plain", "layer_norm", "group_norm"]
+    options = [option for variant in asked for option in ("--variant", variant)]
+    result = bnlab(
+        "experiment", "run", *TINY, *options, "--groups", "4", "--wait", "--json", "--url", url
+    )
+    experiment = json_of(result)
+    assert experiment["status"] == "succeeded"
+    assert experiment["spec"]["variants"] == asked and experiment["spec"]["groups"] == 4
+    assert list(experiment["results"]) == asked
+
+    shown = bnlab("experiment", "show", str(experiment["id"]), "--url", url)
+    assert shown.exit_code == 0, shown.output
+    rows = {line.strip("│ ").split()[0] for line in shown.stdout.splitlines() if "│" in line}
+    assert set(asked) <= rows  # a results row per variant
+    curve = bnlab("experiment", "curve", str(experiment["id"]), "--url", url)
+    assert curve.exit_code == 0, curve.output
+    for variant in asked:
+        assert f"{variant} val acc" in curve.stdout and f"{variant} loss" in curve.stdout
+
+
 def test_annotate_names_notes_and_tags_an_experiment_shown_and_listed_by_tag(
     url: str, succeeded: dict[str, Any]
 ) -> None:
@@ -262,6 +283,8 @@ def test_the_clis_choices_are_the_apis() -> None:
     assert offered(*run, "--activation", "x") == api(ExperimentSpec, "activation")
     assert offered(*run, "--dataset", "x") == api(ExperimentSpec, "dataset")
     assert offered(*run, "--device", "x") == api(ExperimentSpec, "device")
+    [variant] = api(ExperimentSpec, "variants")  # a list of them
+    assert offered(*run, "--variant", "x") == list(get_args(variant))
     assert offered("experiment", "list", "--status", "x") == api(ExperimentOut, "status")
     assert offered(*predict, "--variant", "x") == api(PredictQuery, "variant")
     assert offered(*predict, "--mode", "x") == api(PredictQuery, "mode")
