@@ -235,7 +235,7 @@ def test_what_is_not_a_bundle_is_refused_saying_so(other: TestClient) -> None:
     no_file = other.post("/experiments/import", files={"other": ("x.zip", b"", "application/zip")})
     assert no_file.status_code == 422 and "'bundle'" in no_file.json()["detail"]
     as_json = other.post("/experiments/import", json={"bundle": "x"})
-    assert as_json.status_code == 422 and "multipart/form-data" in as_json.json()["detail"]
+    assert as_json.status_code == 415 and "multipart/form-data" in as_json.json()["detail"]
 
 
 def test_a_changed_file_is_refused_by_name(

@@ -10,6 +10,7 @@ nothing of the bundle remains.
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
@@ -20,7 +21,7 @@ from starlette.requests import Request
 
 from bnlab import artifacts
 from bnlab import bundle as bundles
-from bnlab.api.core.domain_errors import Conflict, Invalid, TooLarge
+from bnlab.api.core.domain_errors import Conflict, Invalid, TooLarge, UnsupportedMedia
 from bnlab.api.core.errors import describe
 from bnlab.api.experiments.annotations import AnnotationsPatch
 from bnlab.api.experiments.schemas import RunResults, Series
@@ -100,7 +101,7 @@ def bundle_of(session: Session, experiment: Experiment) -> bytes:
 
 
 def _described(experiment: Experiment) -> dict[str, Any]:
-    def iso(moment: Any) -> str | None:
+    def iso(moment: datetime | None) -> str | None:
         return None if moment is None else moment.isoformat()
 
     return {
@@ -133,7 +134,7 @@ async def uploaded(request: Request, settings: Settings) -> tuple[bytes, str | N
     past BNLAB_MAX_BUNDLE_BYTES."""
     kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if kind != "multipart/form-data":
-        raise Invalid(
+        raise UnsupportedMedia(
             f"Content-Type {kind or '(none)'}: send the bundle as multipart/form-data, the zip "
             f"file in the field '{BUNDLE_FIELD}' (curl -F {BUNDLE_FIELD}=@bundle.zip)"
         )

@@ -237,6 +237,7 @@ def download_bundle(experiment: ExperimentDep, session: SessionDep) -> Response:
     dependencies=[WRITE_SLOT],
     responses={
         413: {"model": Message, "description": "Larger than BNLAB_MAX_BUNDLE_BYTES."},
+        415: {"model": Message, "description": "Not a multipart upload."},
         422: {
             "model": Message,
             "description": "Not a zip, not a bnlab bundle, a file whose sha256 does not match, "
