@@ -48,6 +48,13 @@ def keys(object_store: ObjectStore, bucket: str, experiment_id: int) -> dict[str
     }
 
 
+def kept(experiment: dict, lease: int = 1) -> set[str]:
+    """The names of the training states it kept to fork from, as its lease wrote them."""
+    return {
+        f"kept/lease-{lease}/training-state-{step}.safetensors" for step in experiment["kept_steps"]
+    }
+
+
 def test_checkpoints_are_written_to_the_bucket_and_served_from_it(
     start_service: StartService, object_store: ObjectStore, bucket: str, idx_data_dir: Path
 ) -> None:
@@ -57,8 +64,9 @@ def test_checkpoints_are_written_to_the_bucket_and_served_from_it(
     assert experiment["status"] == "succeeded", experiment["error"]
 
     stored = keys(object_store, bucket, experiment_id)
-    # under its lease's folder; the state went at the end
-    assert set(stored) == {"lease-1/plain.safetensors", "lease-1/bn.safetensors"}
+    # under its lease's folder; the state went at the end, but for those kept to fork from
+    nets = {"lease-1/plain.safetensors", "lease-1/bn.safetensors"}
+    assert experiment["kept_steps"] and set(stored) == nets | kept(experiment)
     assert not (Path(service.env["BNLAB_STATE_DIR"]) / "checkpoints").exists()
     for variant in ("plain", "bn"):
         download = service.client.get(f"/experiments/{experiment_id}/checkpoints/{variant}")
@@ -133,8 +141,11 @@ def test_the_store_restarted_mid_job_costs_nothing(
     assert experiment["status"] == "succeeded", experiment["error"]
     assert_complete_curve(service, experiment_id, SPEC)
     assert_same_weights(service, experiment_id, SPEC, idx_data_dir)
+    # the states kept before the store came back empty are gone with it: the last one is there
     stored = set(keys(object_store, bucket, experiment_id))
-    assert stored == {"lease-1/plain.safetensors", "lease-1/bn.safetensors"}
+    nets = {"lease-1/plain.safetensors", "lease-1/bn.safetensors"}
+    last = f"kept/lease-1/training-state-{SPEC['training_batches']}.safetensors"
+    assert nets | {last} <= stored <= nets | kept(experiment)
 
 
 @pytest.mark.parametrize("stack", ["embedded"], indirect=True)  # a minute of retrying: once

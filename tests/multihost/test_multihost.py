@@ -107,8 +107,10 @@ def test_a_host_cut_off_mid_job_loses_it_and_writes_nothing_when_back(
     changed = sorted(key for key in {*written, *now} if written.get(key) != now.get(key))
     # Nothing a row names written, replaced or removed. A sample point's state upload in flight
     # when the link went down completes once it is back (object writes cannot be fenced), but
-    # under the lost lease's own folder, which nothing reads or serves.
-    lost_lease = f"checkpoints/experiment-{cut_id}/lease-1/"
+    # under the lost lease's own folders (its states, its kept states), which nothing reads or
+    # serves.
+    experiment_folder = f"checkpoints/experiment-{cut_id}"
+    lost_lease = (f"{experiment_folder}/lease-1/", f"{experiment_folder}/kept/lease-1/")
     assert all(key.startswith(lost_lease) for key in changed), changed
     named = cluster.sql(
         "SELECT k.path FROM checkpoints k JOIN runs r ON r.id = k.run_id"
