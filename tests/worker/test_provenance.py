@@ -1,0 +1,72 @@
+"""What a worker records as an experiment's provenance (bnlab/worker/provenance.py): the
+checkout's commit when there is one and none, without an error, when git cannot say; the
+dataset's files by sha256, each hashed once per process; the CPU kind torch runs on."""
+
+import hashlib
+import subprocess
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+from bnlab.settings import Settings
+from bnlab.spec import ExperimentSpec
+from bnlab.worker import provenance
+from tests.idx import write_idx_dataset
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches() -> Iterator[None]:
+    caches = (provenance._software, provenance._hashed, provenance.cpu_kind)
+    for cache in caches:
+        cache.cache_clear()
+    yield
+    for cache in caches:
+        cache.cache_clear()
+
+
+def recorded(data_dir: Path, seed: int = 4) -> dict[str, object]:
+    spec = ExperimentSpec(seed=seed)
+    settings = Settings(data_dir=data_dir, download=False)
+    return provenance.provenance_of(spec, torch.device("cpu"), settings)
+
+
+def test_it_names_the_checkout_commit_the_versions_the_cpu_and_the_seed(tmp_path: Path) -> None:
+    found = recorded(tmp_path)
+    checkout = Path(provenance.__file__).parents[2]
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert found["bnlab"] == {"version": metadata.version("bnlab"), "git_commit": head}
+    assert found["torch"] == torch.__version__ and found["seed"] == 4
+    assert found["device"] == {"type": "cpu", "name": None}
+    cpu = found["cpu"]
+    assert isinstance(cpu, dict) and cpu["model"]
+    assert cpu["capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_without_git_the_commit_is_unknown_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git to run
+    found = recorded(tmp_path)
+    assert found["bnlab"] == {"version": metadata.version("bnlab"), "git_commit": None}
+
+
+def test_the_dataset_files_are_named_by_sha256_and_hashed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = write_idx_dataset(tmp_path, n_train=120, n_test=30)
+    raw = data_dir / "MNIST" / "raw"
+    expected = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in raw.iterdir()}
+    hashed: list[Path] = []
+    real = provenance._sha256
+    monkeypatch.setattr(provenance, "_sha256", lambda path: hashed.append(path) or real(path))
+
+    first = recorded(data_dir, seed=1)
+    second = recorded(data_dir, seed=2)
+
+    assert first["dataset"] == second["dataset"] == {"name": "mnist", "files": expected}
+    assert len(hashed) == len(expected) == 4
