@@ -106,8 +106,9 @@ def test_every_request_body_has_an_example(client: TestClient) -> None:
                 schema = _resolve(document, content.get("schema", {}))
                 has_example = "examples" in content or "example" in content or "examples" in schema
                 assert has_example, f"{method.upper()} {path} ({media_type}) shows no example"
-    # /experiments and /sweeps JSON; /predict JSON and multipart; PATCH of an experiment, a sweep
-    assert bodies == 6
+    # /experiments and /sweeps JSON; /predict JSON and multipart; PATCH of an experiment, a sweep;
+    # a fork; a bundle's import
+    assert bodies == 8
     predict = document["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert set(predict) == {"application/json", "multipart/form-data"}
     parameters = {p["name"]: p for p in document["paths"]["/predict"]["post"]["parameters"]}
