@@ -23,6 +23,9 @@ unstable on purpose. At every training step each unit j of each hidden layer (ea
 a conv layer) draws a mean mu_j ~ U(-NOISE_MEAN, NOISE_MEAN) and a standard deviation
 sigma_j ~ U(1, NOISE_STD), and every value of that unit (each image, each position) gets i.i.d.
 noise N(mu_j, sigma_j^2) added: non-zero mean, non-unit variance, a new distribution every step.
+NOISE_MEAN = 0.5 and NOISE_STD = 1.25 are this module's choice, in the paper's form (its appendix
+tunes them per experiment; its text was not at hand here): enough to move every unit's
+distribution by a good part of BN's unit scale each step, not so much that a unit drowns.
 The noise comes from a generator seeded from (seed, step) alone (`bn_noise`), so a resumed run
 draws exactly what an uninterrupted one does, with no generator state to save; every net of a
 stack gets the same noise (the cells of a trainer share their seed), so a net's noise does not

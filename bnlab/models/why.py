@@ -42,9 +42,12 @@ as the top one: it then oscillates and does not converge in 20 products (tests/m
 saw it at step 0 of a tanh net); Lanczos finds the largest one, as fast or faster.
 
 A `bn_noisy` net's loss takes its step's noise (`network.bn_noise`): the next step's for the
-landscape and :math:`G`, the step after for :math:`G'` (the earlier layers *at the next step*,
-noise included: the distributional instability the variant adds is part of the shift), step 0's
-for the sharpness; so each measured function is a fixed function of the weights.
+landscape and :math:`G`; for :math:`G'` the layers before :math:`i` take the noise of the step
+after (they are the earlier layers *at their next step*, noise included: the distributional
+instability the variant adds is part of the shift), layer :math:`i` and later ones keep the next
+step's; step 0's for the sharpness. So each measured function is a fixed function of the
+weights. An rnn's weight layers are its LSTM (with its bias and normalizations) and its output
+layer.
 
 Nothing here touches the trainer's state: losses come from `torch.func.functional_call` on
 detached parameters and cloned buffers (BN's running statistics are updated on the clones only),
