@@ -7,9 +7,10 @@
 - ``fused``: ``population`` with BN folded into the preceding layer's weight and bias, so serving
   runs a plain net.
 
-Only the variants whose output depends on the batch (`bn`, `bn_after`) have modes: the others
-(`plain`, `layer_norm`, `group_norm`) answer the same in every mode, and
-`Prediction.mode_applies` says so. ``fused`` folds a `bn` net's BN into the layer before it; a
+Only the variants whose output depends on the batch (`bn`, `bn_after`, `bn_noisy`) have modes:
+the others (`plain`, `layer_norm`, `group_norm`) answer the same in every mode, and
+`Prediction.mode_applies` says so. A `bn_noisy` net serves as a `bn` net (its noise is for
+training only). ``fused`` folds a `bn` or `bn_noisy` net's BN into the layer before it; a
 `bn_after` net's BN sits after the activation, with nothing linear right before it to fold into
 (and zero padding and max-pooling between it and the next conv), so ``fused`` serves it as
 ``population``, which it equals.
