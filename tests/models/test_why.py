@@ -14,6 +14,7 @@ from bnlab.models import why
 from bnlab.models.batchnorm import EPSILON, MOMENTUM
 from bnlab.models.checkpoint import load_state, save_state
 from bnlab.models.data import BatchOrder, Splits, to_inputs
+from bnlab.models.inference import ServedNet
 from bnlab.models.network import NOISE_MEAN, Architecture, NetStack, bn_noise, initial_weights
 from bnlab.models.trainer import Cell, NetSample, Sample, Trainer, TrainingSpec, build_trainer
 from bnlab.models.why import NO_PROBES, Batch, LayerShift, Probes
@@ -336,7 +337,7 @@ def test_bn_noisy_resumes_bit_identical(splits: Splits, tmp_path: Path) -> None:
 
 
 def test_bn_noisy_serves_without_noise(splits: Splits) -> None:
-    """Population and batch inference as a bn net of the same tensors."""
+    """Population and batch inference as a bn net of the same tensors; fused as population."""
     trainer, _ = train(splits, variants=("bn_noisy",), spec=replace(SHORT, training_batches=20))
     state = trainer.net_state(LONE, "bn_noisy")
     noisy = NetStack.from_net_states(SMALL, "bn_noisy", [state])
@@ -344,3 +345,7 @@ def test_bn_noisy_serves_without_noise(splits: Splits) -> None:
     images = to_inputs(splits.validation.images[:50])
     for mode in ("population", "batch"):
         assert torch.equal(noisy(images, mode), bn(images, mode))
+    served = ServedNet(noisy)  # and folded into the layer before it, as a bn net's is
+    fused = served.predict(splits.validation.images[:50], "fused").probabilities
+    population = served.predict(splits.validation.images[:50], "population").probabilities
+    torch.testing.assert_close(torch.tensor(fused), torch.tensor(population), atol=1e-5, rtol=0)
