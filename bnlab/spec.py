@@ -6,8 +6,19 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bnlab.models.network import Architecture
 from bnlab.models.trainer import TrainingSpec
-from bnlab.models.why import Probes
-from bnlab.vocabulary import STUDY_VARIANTS, VARIANTS, Activation, Dataset, Queue, Variant
+from bnlab.models.why import MAX_ITERATIONS, STEP_MULTIPLES, TOLERANCE, Probes
+from bnlab.vocabulary import (
+    ARCHITECTURES,
+    RNN_VARIANTS,
+    STUDY_VARIANTS,
+    VARIANTS,
+    Activation,
+    ArchitectureKind,
+    Dataset,
+    Queue,
+    SequenceOrder,
+    Variant,
+)
 
 GOOD_WEIGHT_STD = 0.05
 BAD_WEIGHT_STD = 5.0
@@ -23,22 +34,26 @@ class ProbesSpec(BaseModel):
 
     landscape: bool = Field(
         default=False,
-        description="Along the gradient g of the batch at hand (Santurkar et al. 2018, §3.1): "
-        "the loss at theta - eta g and the gradient change there for a fixed set of step sizes "
-        "eta around the learning rate, and the effective beta-smoothness (the largest gradient "
-        "change per unit of step).",
+        description="Along the gradient g of the next training batch (Santurkar et al. 2018, "
+        "§3.1): the loss at theta - eta g and the gradient change "
+        "||grad L(theta) - grad L(theta - eta g)|| on that batch for eta = the learning rate "
+        f"times {', '.join(f'{m:g}' for m in STEP_MULTIPLES)}, and the effective "
+        "beta-smoothness, the largest gradient change per unit of step (norms over all "
+        "parameters).",
     )
     ics: bool = Field(
         default=False,
-        description="Internal covariate shift per weight layer (Santurkar et al. Def. 2.1): the "
-        "layer's gradient before and after every earlier layer took its SGD step, on the same "
-        "batch: the norm of the difference and the cosine.",
+        description="Internal covariate shift per weight layer (Santurkar et al. Def. 2.1), on "
+        "the same batch: the layer's weight gradient G, and G' after every earlier layer took "
+        "its SGD step; ||G - G'|| and cos(G, G'). The first layer has none: 0 and 1.",
     )
     sharpness: bool = Field(
         default=False,
-        description="The top eigenvalue of the training loss's Hessian on a fixed batch (power "
-        "iteration on Hessian-vector products), beside 2 / learning rate, gradient descent's "
-        "edge of stability (Cohen et al. 2021).",
+        description="The top eigenvalue of the training loss's Hessian on a fixed batch (step "
+        "0's), beside 2 / learning rate, gradient descent's edge of stability (Cohen et al. "
+        f"2021): Lanczos iteration on Hessian-vector products from a fixed random vector, at "
+        f"most {MAX_ITERATIONS}, until the estimate changes by at most {TOLERANCE:g} "
+        "relatively.",
     )
     every: int = Field(
         default=5,
@@ -106,6 +121,22 @@ class ExperimentSpec(BaseModel):
         max_length=3,
         description="Conv layers before the MLP head, e.g. [8, 16]; [] = MLP.",
     )
+    net: ArchitectureKind = Field(
+        default="mlp",
+        description=(
+            f"The architecture, one of {', '.join(ARCHITECTURES)}: the study's MLP (after "
+            "conv_channels' conv layers, if any), or an LSTM reading it as a sequence "
+            "(rnn_hidden, sequence) and classifying from its last hidden state."
+        ),
+    )
+    rnn_hidden: int = Field(default=100, ge=1, le=1024, description="An rnn's LSTM width.")
+    sequence: SequenceOrder = Field(
+        default="rows",
+        description=(
+            "How an rnn reads the image: rows (28 steps of 28 pixels) or pixels (784 steps of "
+            "one: 28 times the steps, so about 28 times the training time)."
+        ),
+    )
     variants: list[Variant] = Field(
         default=list(STUDY_VARIANTS),
         min_length=1,
@@ -160,6 +191,35 @@ class ExperimentSpec(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _recurrent(self) -> Self:
+        # Fields of the other architecture are refused unless left at their defaults (a form
+        # or a client sends every field).
+        if self.net == "mlp":
+            given = self._changed("rnn_hidden", "sequence")
+            if given:
+                raise ValueError(f'{", ".join(given)}: only for "net": "rnn"')
+            return self
+        others = [v for v in self.variants if v not in RNN_VARIANTS]
+        if others:
+            raise ValueError(
+                f"variants: an rnn takes {', '.join(RNN_VARIANTS)}; not {', '.join(others)}"
+            )
+        given = self._changed("activation", "hidden_layers", "conv_channels", "groups")
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: not for an rnn (an LSTM rnn_hidden units wide, with its "
+                "own sigmoid gates and tanh): leave them out"
+            )
+        return self
+
+    def _changed(self, *names: str) -> list[str]:
+        """Those of `names` whose value is not their field's default."""
+        fields = type(self).model_fields
+        return [
+            n for n in names if getattr(self, n) != fields[n].get_default(call_default_factory=True)
+        ]
+
     def _default_groups(self) -> int:
         return Architecture(
             hidden_layers=tuple(self.hidden_layers), conv_channels=tuple(self.conv_channels)
@@ -172,6 +232,9 @@ class ExperimentSpec(BaseModel):
         return BAD_WEIGHT_STD if self.use_bad_weights else GOOD_WEIGHT_STD
 
     def architecture(self) -> Architecture:
+        if self.net == "rnn":
+            hidden = self.rnn_hidden
+            return Architecture("tanh", (), rnn_hidden=hidden, sequence=self.sequence)
         return Architecture(
             activation=self.activation,
             hidden_layers=tuple(self.hidden_layers),

@@ -24,7 +24,16 @@ from bnlab.commands.common import (
     reports_errors,
 )
 from bnlab.commands.watch import watch
-from bnlab.vocabulary import VARIANTS, Activation, Dataset, Queue, Status, Variant
+from bnlab.vocabulary import (
+    VARIANTS,
+    Activation,
+    ArchitectureKind,
+    Dataset,
+    Queue,
+    SequenceOrder,
+    Status,
+    Variant,
+)
 
 app = typer.Typer(
     help="Run and inspect experiments: variants side by side (plain vs bn by default).",
@@ -77,6 +86,15 @@ def run(
     conv_channels: Annotated[
         str | None, typer.Option(help="Conv layers before the MLP head, e.g. 8,16.")
     ] = None,
+    net: Annotated[
+        ArchitectureKind | None,
+        typer.Option(help="mlp (the study's, the default) or rnn (an LSTM reading the image)."),
+    ] = None,
+    rnn_hidden: Annotated[int | None, typer.Option(help="An rnn's width (default: 100).")] = None,
+    sequence: Annotated[
+        SequenceOrder | None,
+        typer.Option(help="An rnn reads rows (28 steps, the default) or pixels (784 steps)."),
+    ] = None,
     variant: Annotated[
         list[VariantChoice] | None,
         typer.Option(help="A net to train; repeat for several (default: plain and bn)."),
@@ -112,6 +130,9 @@ def run(
         "batch_size": batch_size,
         "hidden_layers": _widths(hidden_layers),
         "conv_channels": _widths(conv_channels),
+        "net": net,
+        "rnn_hidden": rnn_hidden,
+        "sequence": sequence,
         "variants": variant and [choice.value for choice in variant],
         "groups": groups,
         "validation_size": validation_size,

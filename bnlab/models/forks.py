@@ -6,7 +6,7 @@ net's weights had been its initial ones."""
 
 from collections.abc import Sequence
 
-from bnlab.models.network import Architecture, NetStack
+from bnlab.models.network import Architecture, stack_class
 from bnlab.models.trainer import TrainingState
 from bnlab.vocabulary import Variant
 
@@ -32,7 +32,7 @@ def forked_state(
     if new:
         weights = [tensors[f"plain/weight.{i}"] for i in range(len(arch.weight_shapes()))]
         for variant in new:
-            net = NetStack(arch, variant, [weights]).net_state(0)
+            net = stack_class(arch)(arch, variant, [weights]).net_state(0)
             forked.update({f"{variant}/{name}": tensor for name, tensor in net.items()})
     diverged = meta["diverged_at"]
     assert isinstance(diverged, dict)

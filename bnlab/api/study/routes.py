@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from bnlab import artifacts
 from bnlab.api.core.content import Responses
-from bnlab.api.core.domain_errors import Unavailable
+from bnlab.api.core.domain_errors import Conflict, Unavailable
 from bnlab.api.deps import ExperimentDep, SessionDep, SettingsDep, served_nets, study_slots
 from bnlab.api.experiments.schemas import MAX_ID, Message
 from bnlab.api.predict.serving import LoadedNet, open_checkpoint
@@ -259,6 +259,11 @@ def recalibrate_bn(net: StudyNetDep, session: SessionDep) -> RecalibrationOut:
     names the checkpoint to start from (default latest)."""
     experiment, variant, version = net.experiment, net.variant, net.version
     require_trained(experiment, variant, "recalibration", needs_bn=True)
+    if experiment.spec.get("net") == "rnn":
+        raise Conflict(
+            "recalibration measures an MLP's or conv net's BN layers; an rnn's BN keeps "
+            "statistics per time step, which its running estimate already averages per step"
+        )
     checkpoint = queries.checkpoint_of(session, experiment.id, variant, version)
     if checkpoint is None:
         which = f"version {version}" if version else "checkpoint yet"
