@@ -276,6 +276,20 @@ def test_a_bundle_over_the_limit_is_413(
     assert "BNLAB_MAX_BUNDLE_BYTES" in detail
 
 
+def test_a_store_that_cannot_be_written_is_503_and_imports_nothing(
+    client: TestClient, ended: Experiment, tmp_path: Path
+) -> None:
+    data = bundle_of(client, ended.id)
+    url = f"sqlite:///{tmp_path / 'nowhere.db'}"
+    upgrade(url)
+    (tmp_path / "a-file").write_text("not a folder")
+    broken = make_settings(tmp_path / "nowhere", url, checkpoint_dir=str(tmp_path / "a-file" / "x"))
+    with TestClient(create_app(broken)) as nowhere:
+        detail = refused(nowhere, data, 503)
+        assert "nothing was imported" in detail
+        assert nowhere.get("/experiments").json()["total"] == 0
+
+
 def test_a_spec_this_bnlab_does_not_take_is_refused(
     client: TestClient, other: TestClient, ended: Experiment
 ) -> None:

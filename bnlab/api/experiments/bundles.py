@@ -8,6 +8,8 @@ net its entry names. Then the rows go in one transaction and the checkpoints to 
 nothing of the bundle remains.
 """
 
+import contextlib
+import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,11 +23,17 @@ from starlette.requests import Request
 
 from bnlab import artifacts
 from bnlab import bundle as bundles
-from bnlab.api.core.domain_errors import Conflict, Invalid, TooLarge, UnsupportedMedia
+from bnlab.api.core.domain_errors import (
+    Conflict,
+    Invalid,
+    TooLarge,
+    Unavailable,
+    UnsupportedMedia,
+)
 from bnlab.api.core.errors import describe
 from bnlab.api.experiments.annotations import AnnotationsPatch
 from bnlab.api.experiments.schemas import RunResults, Series
-from bnlab.api.predict.serving import verified_bytes
+from bnlab.api.predict.serving import READ_RETRY_SECONDS, verified_bytes
 from bnlab.api.predict.uploads import read_body
 from bnlab.models.checkpoint import CheckpointError, decode_net
 from bnlab.settings import Settings
@@ -34,6 +42,7 @@ from bnlab.store import queries
 from bnlab.store.tables import Experiment, LayerStat, utc_now
 from bnlab.vocabulary import TERMINAL, Status, Variant
 
+log = logging.getLogger(__name__)
 BUNDLE_FIELD = "bundle"
 
 
@@ -224,15 +233,21 @@ def take_in(session: Session, settings: Settings, data: bytes, file_name: str | 
         for entry in sorted(bundle.checkpoints, key=lambda e: (e.variant, e.version)):
             location = artifacts.locate(folder, "imported", entry.file.rsplit("/", 1)[-1])
             content = bundle.checkpoint_bytes[entry.file]
-            artifacts.write(location, content)
+            artifacts.write(location, content, READ_RETRY_SECONDS)
             written.append(location)
             run = queries.run_of(experiment, _variant(entry.variant, spec))
             queries.add_checkpoint(session, run, entry.step, location, entry.sha256, len(content))
         session.commit()
-    except BaseException:
+    except BaseException as error:
         session.rollback()
         for location in written:
-            artifacts.delete(location)
+            with contextlib.suppress(artifacts.StoreError):  # else an orphan no row names
+                artifacts.delete(location, READ_RETRY_SECONDS)
+        if isinstance(error, artifacts.StoreError):
+            log.warning("an import failed: %s", error)  # where and why, for the operator
+            raise Unavailable(
+                "the checkpoint store cannot be written now, so nothing was imported; retry later"
+            ) from None
         raise
     return experiment
 
