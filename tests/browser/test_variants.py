@@ -1,13 +1,13 @@
 """Variants on the dashboard, in a real browser against the real service: the form offers every
 variant the service knows, the chart draws one curve per variant with a legend entry each and
-marks a net that diverged where it diverged, and a sweep's report fits the page however many
-columns it has."""
+marks a net that diverged where it diverged, the collapse demo asks every net, and a sweep's
+report fits the page however many columns it has."""
 
 import re
 
 import pytest
 
-from bnlab.vocabulary import STUDY_VARIANTS, VARIANTS
+from bnlab.vocabulary import BATCH_DEPENDENT, STUDY_VARIANTS, VARIANTS
 from tests.browser.conftest import Dashboard, playwright_expect
 from tests.service.conftest import Service
 
@@ -89,6 +89,21 @@ def test_every_variant_is_offered_drawn_with_a_legend_entry_and_a_diverged_net_i
         assert box is not None
         # On the x axis (0 to the run's length) where it diverged, within a pixel or two.
         assert abs(box["x"] - over["x"] - step / total * over["width"]) <= 2
+
+    # The collapse demo asks every net: those that depend on the batch in both modes.
+    for variant in VARIANTS:
+        dependent = variant in BATCH_DEPENDENT
+        for key, shown in ((variant, not dependent), (f"{variant}-batch", dependent)):
+            expect(page.get_by_test_id(key)).to_have_count(int(shown))
+    page.get_by_role("button", name="First 200 test images, one at a time").click()
+    checked = page.get_by_test_id("test-collapse")
+    # Every net over the whole test set as well: seconds on a loaded machine.
+    expect(checked.locator("table")).to_be_visible(timeout=120_000)
+    for variant in VARIANTS:
+        rows = checked.locator(f"tbody[data-variant={variant}] tr")
+        expect(rows).to_have_count(2 if variant in BATCH_DEPENDENT else 1)
+        if variant in BATCH_DEPENDENT and variant not in diverged:
+            expect(rows.nth(1)).to_contain_text("every image:")  # the collapse
     dashboard.assert_clean()
 
 

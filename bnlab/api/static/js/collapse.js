@@ -1,35 +1,62 @@
-// The collapse demo: draw a digit (or load a picture of one) and ask the bn net with population
-// statistics, the bn net with the statistics of this one image, and the plain net, side by side.
+// The collapse demo: draw a digit (or load a picture of one) and ask every net the experiment
+// trained, side by side; a net whose output depends on the batch (BN's) answers twice, with its
+// population statistics and with the statistics of this one image.
 
 import { ApiError, post } from "./api.js";
 import { h, message } from "./dom.js";
 import { paintDigit, toDigit } from "./digit.js";
 
-const ASKS = [
-  { key: "bn-population", variant: "bn", mode: "population", title: "bn net · population statistics" },
-  { key: "bn-batch", variant: "bn", mode: "batch", title: "bn net · batch statistics (this one image)" },
-  { key: "plain", variant: "plain", mode: "population", title: "plain net (no BN)" },
-];
+// What each net is asked: a panel per answer, named `bn-population`, `bn-batch`, `plain`.
+function asksOf(variants, batchDependent) {
+  return variants.flatMap((variant) =>
+    batchDependent.has(variant)
+      ? [
+          { key: `${variant}-population`, variant, mode: "population", title: `${variant} net · population statistics` },
+          { key: `${variant}-batch`, variant, mode: "batch", title: `${variant} net · batch statistics (this one image)` },
+        ]
+      : [{ key: variant, variant, mode: "population", title: `${variant} net (nothing from the batch)` }],
+  );
+}
+
+// Which of the nets depend on the batch, as the service says (mode_applies), asked once with a
+// blank image; a net that cannot answer says why in its panel later.
+async function batchDependentOf(experimentId, variants) {
+  const blank = new Array(784).fill(0);
+  const answers = await Promise.allSettled(
+    variants.map((variant) => post(predictPath(experimentId, { variant, mode: "population" }), { pixels: blank })),
+  );
+  return new Set(variants.filter((_, i) => answers[i].value?.mode_applies));
+}
 
 const STROKE = 22; // px on the 280 px pad: about MNIST's stroke once shrunk to 20x20
 
-export function collapseDemo(experimentId) {
+// variants: the nets the experiment trained.
+export function collapseDemo(experimentId, variants) {
   const pad = h("canvas", { width: 280, height: 280, class: "pad", "data-testid": "pad" });
   const seen = h("canvas", { width: 112, height: 112, class: "seen", title: "what the nets see: 28x28" });
-  const panels = new Map(ASKS.map((ask) => [ask.key, h("div", { class: "panel", "data-testid": ask.key })]));
+  const answersBox = h("div", { class: "answers" });
   const note = h("p", { class: "muted" });
+  let asks = [];
+  let panels = new Map();
   let asked = 0;
+  const ready = batchDependentOf(experimentId, variants).then((dependent) => {
+    asks = asksOf(variants, dependent);
+    panels = new Map(asks.map((ask) => [ask.key, h("div", { class: "panel", "data-testid": ask.key })]));
+    answersBox.replaceChildren(...panels.values());
+    reset();
+  });
 
   function reset() {
     clear(pad);
     clear(seen);
-    for (const ask of ASKS) {
+    for (const ask of asks) {
       panels.get(ask.key).replaceChildren(h("h3", {}, ask.title), h("p", { class: "muted" }, "—"));
     }
     note.textContent = "Draw a digit with the mouse, white on black; the nets answer when you let go.";
   }
 
   async function predict() {
+    await ready;
     const pixels = toDigit(pad);
     if (!pixels) {
       note.textContent = "Draw a digit first.";
@@ -38,16 +65,15 @@ export function collapseDemo(experimentId) {
     paintDigit(seen, pixels);
     const ticket = ++asked; // answers to an older drawing must not overwrite newer ones
     note.textContent = "Asking the nets…";
-    try {
-      const answers = await Promise.all(ASKS.map((ask) => post(predictPath(experimentId, ask), { pixels })));
-      if (ticket !== asked) return;
-      ASKS.forEach((ask, i) =>
-        panels.get(ask.key).replaceChildren(h("h3", {}, ask.title), answerView(answers[i])),
-      );
-      note.textContent = "";
-    } catch (error) {
-      if (ticket === asked) note.replaceChildren(message("error", error.message));
-    }
+    // Each net answers for itself: one that cannot (a diverged one, say) says why in its panel.
+    const answers = await Promise.allSettled(asks.map((ask) => post(predictPath(experimentId, ask), { pixels })));
+    if (ticket !== asked) return;
+    asks.forEach((ask, i) => {
+      const { value, reason } = answers[i];
+      const shown = value ? answerView(value) : message("error", reason.message);
+      panels.get(ask.key).replaceChildren(h("h3", {}, ask.title), shown);
+    });
+    note.textContent = "";
   }
 
   async function load(file) {
@@ -75,9 +101,10 @@ export function collapseDemo(experimentId) {
     h(
       "p",
       {},
-      "With the statistics of a batch of one image, every BN output equals beta, so the bn net gives ",
+      "With the statistics of a batch of one image, every BN output equals beta, so a BN net gives ",
       "the same answer whatever you draw. With its population statistics it answers as a served ",
-      "model should. The plain net has no BN to get wrong.",
+      "model should. A net without BN (plain, LayerNorm, GroupNorm) takes nothing from the batch: ",
+      "it has nothing to get wrong.",
     ),
     h(
       "div",
@@ -96,7 +123,7 @@ export function collapseDemo(experimentId) {
         h("div", { class: "seen-box" }, seen, h("span", { class: "muted" }, "what the nets see (28x28)")),
         note,
       ),
-      h("div", { class: "answers" }, ...panels.values()),
+      answersBox,
     ),
     testImages(experimentId),
   );
@@ -136,13 +163,13 @@ function testImages(experimentId) {
   );
 }
 
+// A net per block: population statistics, and batch statistics where they apply to it.
 function collapseTable(answer) {
   const percent = (value) => `${(value * 100).toFixed(1)}%`;
   const classes = (predictions) => {
     const distinct = new Set(predictions);
     return distinct.size === 1 ? `every image: ${predictions[0]}` : `${distinct.size} classes given`;
   };
-  const { one_at_a_time: one, whole_test_set: whole } = answer;
   const row = (title, single, wholeAccuracy) =>
     h(
       "tr",
@@ -151,6 +178,9 @@ function collapseTable(answer) {
       h("td", {}, `${percent(single.accuracy)} (${classes(single.predictions)})`),
       h("td", {}, percent(wholeAccuracy)),
     );
+  const nets = Object.entries(answer.variants ?? { [answer.variant]: answer });
+  const [, first] = nets[0];
+  const whole = first.whole_test_set;
   return h(
     "table",
     { class: "results" },
@@ -160,16 +190,20 @@ function collapseTable(answer) {
       h(
         "tr",
         {},
-        h("th", {}, `bn net, ${answer.n} test images`),
+        h("th", {}, `${answer.n} test images`),
         h("th", {}, "one image at a time"),
         h("th", {}, `all ${whole.images.toLocaleString("en")} in batches of ${whole.batch_size}`),
       ),
     ),
-    h(
-      "tbody",
-      {},
-      row("population statistics", one.population, whole.population_accuracy),
-      row("batch statistics", one.batch, whole.batch_accuracy),
+    nets.map(([variant, net]) =>
+      h(
+        "tbody",
+        { "data-variant": variant },
+        row(`${variant} · population statistics`, net.one_at_a_time.population, net.whole_test_set.population_accuracy),
+        net.mode_applies
+          ? row(`${variant} · batch statistics`, net.one_at_a_time.batch, net.whole_test_set.batch_accuracy)
+          : null,
+      ),
     ),
   );
 }

@@ -190,7 +190,7 @@ function resultsTable(experiment, variants) {
 
 async function showFinished(after, experiment, signal) {
   const parts = [];
-  if (experiment.status === "succeeded") parts.push(collapseDemo(experiment.id));
+  if (experiment.status === "succeeded") parts.push(collapseDemo(experiment.id, Object.keys(experiment.results)));
   else parts.push(message("info", `No trained nets to ask: the experiment ${experiment.status}.`));
   after.replaceChildren(...parts);
   // Activation percentiles, plotted by the service, when it recorded any; nothing shows otherwise.
