@@ -58,10 +58,11 @@ WHY_PROBES = {"landscape": True, "ics": True, "sharpness": True, "every": 2}
 
 
 def _why() -> list[dict[str, Any]]:
-    """Why BN helps, measured where the study's table is most telling, plain and BN side by
-    side with every probe on, 2,000 batches sampled every 50 (minutes on a CPU): relu and
-    sigmoid at learning rate 0.01 (BN converges sooner) and 1 (plain relu dies, plain sigmoid
-    survives), and relu from bad initial weights (plain stays at chance)."""
+    """Why BN helps, measured where the study's table is most telling, plain, BN and noisy BN
+    (Santurkar et al.'s BN with changing noise after it: more covariate shift, still BN's
+    training) side by side with every probe on, 2,000 batches sampled every 50 (minutes on a
+    CPU): relu and sigmoid at learning rate 0.01 (BN converges sooner) and 1 (plain relu dies,
+    plain sigmoid survives), and relu from bad initial weights (plain stays at chance)."""
     cells = [
         ("relu", 0.01, False),
         ("relu", 1.0, False),
@@ -76,7 +77,7 @@ def _why() -> list[dict[str, Any]]:
             "use_bad_weights": bad,
             "training_batches": 2_000,
             "batches_per_sample": 50,
-            "variants": ["plain", "bn"],
+            "variants": ["plain", "bn", "bn_noisy"],
             "probes": WHY_PROBES,
         }
         for activation, learning_rate, bad in cells
@@ -123,8 +124,9 @@ class SweepRequest(BaseModel):
         None,
         description="`classic`: the study's 15 cells (relu/sigmoid x lr 0.01/1/2 x good/bad "
         "weights at 50,000 batches, and three 2,000-batch runs). `why`: why BN helps, measured "
-        "(every probe on, at every other sample point) in 5 cells of 2,000 batches: relu and "
-        "sigmoid at lr 0.01 and 1 from good weights, and relu at lr 0.01 from bad ones.",
+        "(every probe on, at every other sample point) on plain, bn and bn_noisy nets in 5 "
+        "cells of 2,000 batches: relu and sigmoid at lr 0.01 and 1 from good weights, and relu "
+        "at lr 0.01 from bad ones.",
     )
     grid: dict[str, list[Any]] = Field(
         default_factory=dict,

@@ -66,6 +66,7 @@ from bnlab.vocabulary import Queue, Variant
 from bnlab.worker.layer_rows import layer_rows
 from bnlab.worker.lease import LeaseKeeper
 from bnlab.worker.provenance import provenance_of
+from bnlab.worker.why_rows import why_rows
 
 log = logging.getLogger(__name__)
 # Errors whose message is already a reason a person can act on.
@@ -248,8 +249,8 @@ class CellRecorder:
         self._write(forget)
 
     def record(self, step: int, sample: CellSample, rates: Rates, state: TrainingState) -> None:
-        """One sample point: curve points, layer statistics, divergences, progress, and the
-        training state to resume from there.
+        """One sample point: curve points, layer statistics, the probes' measurements where they
+        ran, divergences, progress, and the training state to resume from there.
 
         The state is uploaded first, under this lease's folder and a name of its own (its step:
         the state SQL names now is never overwritten), then named in the same fenced write as
@@ -272,6 +273,8 @@ class CellRecorder:
             queries.add_curve_points(session, experiment, step, points)
             layers = {variant: layer_rows(net.layers) for variant, net in sample.nets.items()}
             queries.add_layer_stats(session, experiment, step, layers)
+            probed = {v: why_rows(net.why) for v, net in sample.nets.items() if net.why}
+            queries.add_probe_rows(session, experiment, step, probed)
             for variant, diverged_at in sample.diverged_at.items():
                 queries.run_of(experiment, variant).diverged_at_step = diverged_at
             experiment.progress_step = step
@@ -505,7 +508,13 @@ class TrainingJob:
         )
         cells = [Cell(cell.name, cell.spec.training()) for cell in self.cells]
         trainer = build_trainer(
-            spec.architecture(), cells, splits, device, self.settings.bn_impl, spec.variants
+            spec.architecture(),
+            cells,
+            splits,
+            device,
+            self.settings.bn_impl,
+            spec.variants,
+            spec.probes.probes(),
         )
         if len(cells) > 1:
             log.info("%s: %d cells train as one batched model", self._called(), len(cells))

@@ -145,3 +145,10 @@ def test_bad_probes_are_refused_saying_which(
     response = client.post("/experiments", json={"probes": probes, "training_batches": 100})
     assert response.status_code == 422
     assert problem in response.text
+
+
+def test_probes_of_an_rnn_are_refused(client: TestClient) -> None:
+    body = {"net": "rnn", "probes": {"sharpness": True}, "training_batches": 100}
+    response = client.post("/experiments", json=body)
+    assert response.status_code == 422
+    assert "probes" in response.text and "rnn" in response.text

@@ -45,9 +45,9 @@ def _png(png: bytes) -> Response:
 
 @router.get("/{experiment_id}/landscape", responses=NOT_FOUND)
 def get_landscape(experiment: ExperimentDep, session: SessionDep) -> LandscapeOut:
-    """Along each net's gradient g on the batch at hand, at every probed sample point: the
-    training loss at theta - eta g for each of a fixed set of step sizes eta around the learning
-    rate (its min..max is the band Santurkar et al. plot), the gradient change
+    """Along each net's gradient g on the next training batch, at every probed sample point:
+    the training loss at theta - eta g for step sizes eta of 1/4 to 4 times the learning rate
+    (its min..max is the band Santurkar et al. plot), the gradient change
     ||grad L(theta) - grad L(theta - eta g)|| there (gradient predictiveness), and the effective
     beta-smoothness, the largest gradient change per unit of step."""
     return _landscape(experiment, session)
@@ -80,10 +80,10 @@ def get_ics_png(experiment: ExperimentDep, session: SessionDep) -> Response:
 
 @router.get("/{experiment_id}/sharpness", responses=NOT_FOUND)
 def get_sharpness(experiment: ExperimentDep, session: SessionDep) -> SharpnessOut:
-    """The largest eigenvalue of the Hessian of the training loss on a fixed batch, by power
-    iteration on Hessian-vector products, at every probed sample point, beside 2 / learning
-    rate: gradient descent with that step size cannot settle where the sharpness is above it
-    (Cohen et al. 2021, the edge of stability)."""
+    """The largest eigenvalue of the Hessian of the training loss on a fixed batch (step 0's),
+    by Lanczos iteration on Hessian-vector products from a fixed random vector, at every probed
+    sample point, beside 2 / learning rate: gradient descent with that step size cannot settle
+    where the sharpness is above it (Cohen et al. 2021, the edge of stability)."""
     return _sharpness(experiment, session)
 
 

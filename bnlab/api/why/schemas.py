@@ -61,7 +61,9 @@ class IcsOut(Measured):
 class SharpnessSeries(BaseModel):
     step: list[int]
     eigenvalue: list[float | None] = Field(description="The Hessian's top eigenvalue.")
-    iterations: list[int] = Field(description="Power iterations each took.")
+    iterations: list[int] = Field(
+        description="Lanczos iterations (Hessian-vector products) each took."
+    )
 
 
 class SharpnessOut(Measured):

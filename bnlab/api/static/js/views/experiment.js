@@ -7,6 +7,7 @@ import { collapseDemo } from "../collapse.js";
 import { CurveChart, follow } from "../curve.js";
 import { accuracy, count, describeSpec, h, message, progressBar, statusBadge, TERMINAL } from "../dom.js";
 import { inOrder, vocabulary } from "../vocabulary.js";
+import { whyPanels } from "../why.js";
 
 const RESULTS = [
   ["final validation accuracy", "final_val_accuracy", accuracy],
@@ -35,12 +36,14 @@ export async function experimentView(root, signal, id) {
   const results = h("div");
   const after = h("div");
   const chartBox = h("div", { class: "chart", "data-testid": "curve" });
+  const why = h("div");
   root.replaceChildren(
     head,
     annotated,
     notes,
     progress,
     h("section", {}, h("h2", {}, "Validation accuracy"), chartBox),
+    why,
     h("section", {}, h("h2", {}, "Results"), results),
     after,
   );
@@ -64,6 +67,7 @@ export async function experimentView(root, signal, id) {
     if (TERMINAL.includes(experiment.status) && !finishedShown) {
       finishedShown = true;
       showFinished(after, experiment, signal);
+      showWhy(why, experiment.id, (variant) => chart.color(variant), signal);
     }
   };
   show(experiment);
@@ -186,6 +190,12 @@ function resultsTable(experiment, variants) {
     ),
     h("tbody", {}, rows),
   );
+}
+
+// The why-BN-helps panels under the curves, when the experiment's probes measured anything.
+async function showWhy(box, id, color, signal) {
+  const panels = await whyPanels(id, color).catch(() => null);
+  if (panels && !signal.aborted) box.replaceChildren(panels);
 }
 
 async function showFinished(after, experiment, signal) {
