@@ -2,7 +2,7 @@
 (another) bnlab as an experiment (bnlab/bundle.py says what is in it)."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -64,3 +64,23 @@ def import_bundle(
         f"experiment {experiment.id}: {experiment.info['status']}, imported from {file.name} "
         f"(experiment {origin['experiment_id']} there)"
     )
+
+
+def show_origin(experiment: dict[str, Any]) -> None:
+    """What trained it (its provenance, in short) and, if imported, where it came from."""
+    provenance = experiment.get("provenance")
+    if provenance:
+        cpu, bnlab = provenance["cpu"], provenance["bnlab"]
+        commit = f" {bnlab['git_commit'][:12]}" if bnlab.get("git_commit") else ""
+        console.print(
+            f"trained on: {provenance['device']['name'] or cpu['model']} ({cpu['capability']}), "
+            f"torch {provenance['torch']}, bnlab {bnlab['version']}{commit}",
+            markup=False,
+        )
+    origin = experiment.get("imported_from")
+    if origin:
+        console.print(
+            f"imported from: experiment {origin['experiment_id']} of {origin['file']} "
+            f"(made by bnlab {origin['made_by']})",
+            markup=False,
+        )

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from bnlab.client import DEFAULT_URL, Experiment, raise_unless_succeeded
 from bnlab.commands.annotations import Name, Notes, Tags, annotated, show_name_and_tags
+from bnlab.commands.bundles import show_origin
 from bnlab.commands.common import (
     Json,
     Token,
@@ -256,6 +257,7 @@ def _show_experiment(experiment: dict[str, Any]) -> None:
     if experiment.get("notice"):
         console.print(f"note: {experiment['notice']}", markup=False)
     _show_lineage(experiment)
+    show_origin(experiment)
     _show_results(experiment, titled=False)
     if experiment["notes"]:
         console.print(Markdown(experiment["notes"]))

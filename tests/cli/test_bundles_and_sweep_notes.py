@@ -59,6 +59,11 @@ def test_bundle_writes_the_zip_and_import_takes_it_in(
     newest = service.client.get("/experiments", params={"limit": 1}).json()["items"][0]
     assert newest["imported_from"]["file"] == "mine.zip"
     assert newest["status"] == "succeeded"
+    shown = bnlab("experiment", "show", str(newest["id"]), "--url", url)
+    assert shown.exit_code == 0, shown.output
+    assert f"imported from: experiment {finished['id']} of mine.zip" in shown.stdout
+    cpu = finished["provenance"]["cpu"]
+    assert f"trained on: {cpu['model']} ({cpu['capability']})" in shown.stdout
 
 
 def test_what_cannot_be_done_is_one_line_and_exit_1(
