@@ -17,6 +17,7 @@ from tests.api.conftest import add_experiment
 PROBES = {"landscape": True, "ics": True, "sharpness": True, "every": 2}
 STEP_SIZES = (0.005, 0.01, 0.02)
 WHAT = ("landscape", "ics", "sharpness")
+SHORT = {"training_batches": 200, "batches_per_sample": 50}
 
 
 def sample(step: int, variant: str) -> WhySample:
@@ -152,3 +153,60 @@ def test_probes_of_an_rnn_are_refused(client: TestClient) -> None:
     response = client.post("/experiments", json=body)
     assert response.status_code == 422
     assert "probes" in response.text and "rnn" in response.text
+
+
+def test_the_why_preset_probes_its_cells_and_fixes_them(client: TestClient) -> None:
+    response = client.post("/sweeps", json={"preset": "why", "base": {"dataset": "fashion-mnist"}})
+    assert response.status_code == 202, response.text
+    cells = [client.get(cell["url"]).json()["spec"] for cell in response.json()["cells"]]
+    assert len(cells) == 5 and all(spec["dataset"] == "fashion-mnist" for spec in cells)
+    assert all(spec["probes"] == PROBES for spec in cells)
+    assert all(spec["variants"] == ["plain", "bn", "bn_noisy"] for spec in cells)
+    assert {(s["activation"], s["learning_rate"], s["use_bad_weights"]) for s in cells} == {
+        ("relu", 0.01, False),
+        ("relu", 1.0, False),
+        ("sigmoid", 0.01, False),
+        ("sigmoid", 1.0, False),
+        ("relu", 0.01, True),
+    }
+    refused = client.post("/sweeps", json={"preset": "why", "base": {"probes": {"ics": True}}})
+    assert refused.status_code == 422 and "probes" in refused.text
+
+
+def test_the_report_of_a_probed_sweep_says_it_in_numbers(
+    client: TestClient, session: Session
+) -> None:
+    body = {"grid": {"learning_rate": [0.01, 0.1]}, "base": SHORT | {"probes": PROBES}}
+    posted = client.post("/sweeps", json=body).json()
+    sweep_id, cells = posted["id"], posted["cells"]
+    for cell in cells:
+        experiment = queries.get_experiment(session, cell["id"])
+        assert experiment is not None
+        for step in (0, 100, 200):
+            rows = {variant: why_rows(sample(step, variant)) for variant in ("plain", "bn")}
+            queries.add_probe_rows(session, experiment, step, rows)
+        experiment.status = "succeeded"
+    session.commit()
+
+    report = client.get(f"/sweeps/{sweep_id}/report").json()
+    for row in report["rows"]:
+        # beta: plain 10, 20, 30 at steps 0, 100, 200; bn a tenth of it: medians 20 and 2
+        assert row["why"]["plain"] == {"beta_smoothness": 20.0, "sharpness": 200.0}
+        assert row["why"]["bn"] == {"beta_smoothness": 2.0, "sharpness": 20.0}
+        assert row["beta_smoothness_plain_over_bn"] == pytest.approx(10.0)
+    csv = client.get(f"/sweeps/{sweep_id}/report", params={"format": "csv"}).text
+    header, first = csv.splitlines()[:2]
+    columns = dict(zip(header.split(","), first.split(","), strict=True))
+    assert float(columns["plain_beta_smoothness"]) == 20.0
+    assert float(columns["beta_smoothness_plain_over_bn"]) == pytest.approx(10.0)
+    markdown = client.get(f"/sweeps/{sweep_id}/report", params={"format": "md"}).text
+    assert "β plain / BN" in markdown and "| 10.0x |" in markdown
+
+
+def test_the_report_of_a_sweep_without_probes_has_no_such_numbers(client: TestClient) -> None:
+    body = {"grid": {"learning_rate": [0.01, 0.1]}, "base": SHORT}
+    sweep_id = client.post("/sweeps", json=body).json()["id"]
+    report = client.get(f"/sweeps/{sweep_id}/report").json()
+    assert all(row["why"] == {} for row in report["rows"])
+    assert "beta_smoothness" not in client.get(f"/sweeps/{sweep_id}/report?format=csv").text
+    assert "β plain / BN" not in client.get(f"/sweeps/{sweep_id}/report?format=md").text
