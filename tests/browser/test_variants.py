@@ -66,6 +66,8 @@ def test_every_variant_is_offered_drawn_with_a_legend_entry_and_a_diverged_net_i
         entry = chart.locator(f".u-legend .u-series[data-variant={variant}]")
         expect(entry).to_contain_text(variant)
         expect(entry).to_be_visible()
+    # Parts a page leaves out leave nothing behind (replaceChildren writes a null as "null").
+    expect(page.locator("#view")).not_to_contain_text("null", use_inner_text=True)
     header = page.get_by_test_id("results").locator("thead th[data-variant]")
     expect(header).to_have_text(list(VARIANTS))
 

@@ -7,7 +7,7 @@ import { h, message } from "./dom.js";
 // `path`: "/experiments/3" or "/sweeps/1"; `row`: what GET of it returned.
 export function annotations(path, row) {
   const box = h("section", { class: "annotations", "data-testid": "annotations" });
-  const show = (current) => box.replaceChildren(...shown(current, () => edit(current)));
+  const show = (current) => box.replaceChildren(...shown(current, () => edit(current)).filter(Boolean));
   const edit = (current) => box.replaceChildren(editor(path, current, show));
   show(row);
   return box;

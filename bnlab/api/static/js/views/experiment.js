@@ -59,7 +59,7 @@ export async function experimentView(root, signal, id) {
   const show = (latest) => {
     experiment = latest;
     chart.setTotal(experiment.progress.total || experiment.spec.training_batches);
-    head.replaceChildren(...headView(experiment, show));
+    head.replaceChildren(...headView(experiment, show).filter(Boolean));
     notes.replaceChildren(...notesView(experiment, trouble));
     progress.replaceChildren(progressBar(experiment.progress));
     chart.setDiverged(experiment.results);
