@@ -205,11 +205,6 @@ class ExperimentSpec(BaseModel):
             raise ValueError(
                 f"variants: an rnn takes {', '.join(RNN_VARIANTS)}; not {', '.join(others)}"
             )
-        if self.probes.probes().any:
-            raise ValueError(
-                "probes: the measurements of why BN helps are for MLP and conv nets, not an "
-                'rnn: leave them out, or use "net": "mlp"'
-            )
         given = self._changed("activation", "hidden_layers", "conv_channels", "groups")
         if given:
             raise ValueError(

@@ -148,13 +148,6 @@ def test_bad_probes_are_refused_saying_which(
     assert problem in response.text
 
 
-def test_probes_of_an_rnn_are_refused(client: TestClient) -> None:
-    body = {"net": "rnn", "probes": {"sharpness": True}, "training_batches": 100}
-    response = client.post("/experiments", json=body)
-    assert response.status_code == 422
-    assert "probes" in response.text and "rnn" in response.text
-
-
 def test_the_why_preset_probes_its_cells_and_fixes_them(client: TestClient) -> None:
     response = client.post("/sweeps", json={"preset": "why", "base": {"dataset": "fashion-mnist"}})
     assert response.status_code == 202, response.text
