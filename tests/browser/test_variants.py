@@ -153,3 +153,27 @@ def test_a_wide_sweep_report_fits_the_page(
     assert last is not None and last["x"] + last["width"] <= box["x"] + box["width"] + 1
     service.client.post(f"/sweeps/{sweep_id}/cancel")
     dashboard.assert_clean()
+
+
+def test_compared_experiments_draw_each_variant_in_its_own_line_style(
+    dashboard: Dashboard, service: Service
+) -> None:
+    # Queued for a GPU no worker serves: their nets are listed (and drawn once they have points).
+    ids = []
+    for learning_rate in (0.5, 1.0):
+        spec = {"device": "gpu", "variants": list(VARIANTS), "learning_rate": learning_rate}
+        posted = service.client.post("/experiments", json=spec)
+        assert posted.status_code == 202, posted.text
+        ids.append(posted.json()["id"])
+    page = dashboard.page
+    page.goto(f"/#/compare?experiments={ids[0]},{ids[1]}")
+    chart = page.get_by_test_id("compare-chart")
+    expect(chart).to_have_attribute("data-lines", str(2 * len(VARIANTS)))
+    lines = page.evaluate(
+        "() => window.bnlab.plot.series.slice(1).map((s) => [s.label, s.stroke(), s.dash])"
+    )
+    # A colour per experiment, a line style per variant: every net tells from every other.
+    assert len({(stroke, tuple(dash)) for _, stroke, dash in lines}) == len(lines), lines
+    for experiment_id in ids:
+        service.client.post(f"/experiments/{experiment_id}/cancel")
+    dashboard.assert_clean()

@@ -4,13 +4,26 @@
 
 import { get, imageUrl } from "../api.js";
 import { accuracy, count, h, statusBadge } from "../dom.js";
+import { vocabulary } from "../vocabulary.js";
 
 const PALETTE = ["#00798c", "#d1495b", "#edae49", "#66a182", "#2e4057", "#8d96a3", "#7b2cbf", "#e07a5f"];
+// A line style per variant, as compare.png draws them: the study's pair dashed and solid, the
+// others in the service's order.
 const DASH = { plain: [6, 4], bn: [] };
+const OTHER_DASHES = [[8, 3, 2, 3], [1, 3], [5, 1, 1, 1], [10, 3, 1, 3, 1, 3]];
+
+function dashOf(variant, order) {
+  if (DASH[variant]) return DASH[variant];
+  const others = order.filter((v) => !DASH[v]);
+  return OTHER_DASHES[Math.max(0, others.indexOf(variant)) % OTHER_DASHES.length];
+}
 
 export async function compareView(root, signal, params) {
   const ids = params.get("experiments") || "";
-  const comparison = await get(`/compare?${new URLSearchParams({ experiments: ids })}`);
+  const [comparison, { variants: order }] = await Promise.all([
+    get(`/compare?${new URLSearchParams({ experiments: ids })}`),
+    vocabulary(),
+  ]);
   if (signal.aborted) return;
   const variants = [...new Set(comparison.legend.map((net) => net.variant))];
   const shown = new Set(params.get("variants")?.split(",").filter((v) => variants.includes(v)) ?? variants);
@@ -31,9 +44,9 @@ export async function compareView(root, signal, params) {
     h("section", {}, h("h2", {}, "Results"), resultsTable(comparison, shown)),
     png,
   );
-  const plot = chart(chartBox, comparison, shown);
+  const plot = chart(chartBox, comparison, shown, order);
   signal.addEventListener("abort", () => plot.destroy());
-  window.bnlab = { compare: comparison };
+  window.bnlab = { compare: comparison, plot };
   const url = await imageUrl(`/compare.png?${new URLSearchParams({ experiments: ids })}`);
   if (url && !signal.aborted) png.replaceChildren(h("a", { href: url, download: "compare.png" }, "The plot as PNG"));
 }
@@ -77,7 +90,7 @@ function variantPicker(variants, shown, params) {
   );
 }
 
-function chart(container, comparison, shown) {
+function chart(container, comparison, shown, order) {
   const nets = comparison.legend.filter((net) => shown.has(net.variant));
   const byId = new Map(comparison.experiments.map((e, index) => [e.id, { ...e, color: PALETTE[index % 8] }]));
   const steps = [...new Set(nets.flatMap((net) => byId.get(net.experiment_id).series[net.variant]?.step || []))];
@@ -97,7 +110,7 @@ function chart(container, comparison, shown) {
       ...nets.map((net) => ({
         label: net.label,
         stroke: byId.get(net.experiment_id).color,
-        dash: DASH[net.variant] ?? [2, 3],
+        dash: dashOf(net.variant, order),
         width: 2,
         spanGaps: true,
         value: (_, v) => (v == null ? "—" : v.toFixed(3)),
