@@ -53,3 +53,22 @@ def test_experiment_without_probes_shows_none(dashboard: Dashboard, service: Ser
     expect(page.get_by_test_id("activations")).to_be_visible()  # the page has loaded its end
     expect(page.get_by_test_id("why")).to_have_count(0)
     dashboard.assert_clean()
+
+
+def test_probed_sweep_report_shows_the_medians(dashboard: Dashboard, service: Service) -> None:
+    body = {"grid": {"learning_rate": [0.1, 0.5]}, "base": TINY | {"probes": PROBES}}
+    posted = service.client.post("/sweeps", json=body)
+    assert posted.status_code == 202, posted.text
+    sweep_id = posted.json()["id"]
+    service.poll(
+        f"/sweeps/{sweep_id}", lambda s: s["status"] != "running" and s["status"] != "queued", 180
+    )
+    report = service.client.get(f"/sweeps/{sweep_id}/report").json()
+    beta = report["rows"][0]["why"]["plain"]["beta_smoothness"]
+    page = dashboard.page
+    page.goto(f"/#/sweeps/{sweep_id}")
+    table = page.get_by_test_id("report")
+    expect(table.locator("th", has_text="β-smoothness")).to_have_count(1)
+    plain = table.locator("tbody").first.locator("tr[data-variant='plain']")
+    expect(plain).to_contain_text(f"{beta:.3g}"[:4])
+    dashboard.assert_clean()

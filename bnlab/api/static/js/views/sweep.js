@@ -110,15 +110,26 @@ const AGAINST = [
   ["verdict", (comparison) => comparison.verdict ?? "—"],
   ["speed-up to 0.90", (comparison) => (comparison.speedup_90 == null ? "—" : `${comparison.speedup_90.toFixed(1)}x`)],
 ];
+// Where the cells ran probes (the why preset): each variant's medians over the probed steps.
+const WHY = [
+  ["β-smoothness", (why) => precise(why?.beta_smoothness)],
+  ["sharpness", (why) => precise(why?.sharpness)],
+];
+
+function precise(value) {
+  return value == null ? "—" : value.toPrecision(3);
+}
 
 function reportTable(data, order) {
   if (!Array.isArray(data?.rows)) return h("pre", {}, JSON.stringify(data, null, 2));
   if (!data.rows.length) return h("p", { class: "muted" }, "No rows yet.");
   const columns = data.columns || [];
+  const probed = data.rows.some((row) => Object.keys(row.why || {}).length);
   const headings = [
     ...columns.map(fieldName),
     "variant",
     ...PER_VARIANT.map(([title]) => title),
+    ...(probed ? WHY.map(([title]) => title) : []),
     ...AGAINST.map(([title]) => `${title} vs reference`),
     "seeds done",
     "experiments",
@@ -144,13 +155,13 @@ function reportTable(data, order) {
             headings.map((title, i) => h("th", { class: i === 0 ? "sticky" : null }, title)),
           ),
         ),
-        data.rows.map((row) => reportRows(row, columns, order)),
+        data.rows.map((row) => reportRows(row, columns, order, probed)),
       ),
     ),
   );
 }
 
-function reportRows(row, columns, order) {
+function reportRows(row, columns, order, probed) {
   const variants = inOrder(Object.keys(row.variants || {}), order);
   const span = { rowspan: variants.length };
   return h(
@@ -172,6 +183,7 @@ function reportRows(row, columns, order) {
           variant,
         ),
         PER_VARIANT.map(([, value]) => h("td", { class: "number" }, value(row.variants[variant], row))),
+        probed ? WHY.map(([, value]) => h("td", { class: "number" }, value(row.why?.[variant]))) : null,
         against
           ? h("td", { colspan: AGAINST.length, class: "muted" }, "reference")
           : AGAINST.map(([, value]) => h("td", { class: "number" }, value(comparison))),
