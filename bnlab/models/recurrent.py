@@ -20,7 +20,8 @@ Normalization", arXiv 1603.09025):
   1, the paper shows, the tanh saturates and gradients vanish through time); :math:`N_x` and
   :math:`N_h` have no beta (b takes its place), :math:`N_c`'s starts at 0. The cell update
   itself is left alone so that gradients flow through :math:`c`. Epsilon and momentum are the
-  study's BN's (`batchnorm`), and so is the arithmetic.
+  study's BN's (`batchnorm`); training runs torch's BN kernel (unbiased variance into the
+  running estimate), population inference the formula.
 - `layer_norm`: each :math:`N` normalizes per example, over the gate terms' 4H (resp. the cell
   state's H) features, with the same gammas and betas: the variants differ in what they
   normalize over, not in how hard.
@@ -69,25 +70,34 @@ class StepBatchNorm(nn.Module):
         end = first_step + x.shape[0]
         if mode == "population":
             mean, var = self._population(first_step, end)
-            y = (x - mean) * torch.rsqrt(var + EPSILON)
-        else:
-            mean = x.mean(dim=2, keepdim=True)
-            centered = x - mean
-            var = (centered * centered).mean(dim=2, keepdim=True)  # biased, as batchnorm's
-            if mode == "train":
-                self._track(mean.detach(), var.detach(), first_step, end, x.shape[2])
-            y = centered * torch.rsqrt(var + EPSILON)
-        y = y * self.gamma
-        return y if self.beta is None else y + self.beta
-
-    def _track(self, mean: Tensor, var: Tensor, first_step: int, end: int, count: int) -> None:
-        if end > self.running_mean.shape[0]:
+            y = (x - mean) * torch.rsqrt(var + EPSILON) * self.gamma
+            return y if self.beta is None else y + self.beta
+        if mode == "train" and end > self.running_mean.shape[0]:
             raise ValueError(
                 f"statistics are kept for {self.running_mean.shape[0]} steps, not {end}"
             )
-        self.running_mean[first_step:end].lerp_(mean, MOMENTUM)
-        self.running_var[first_step:end].lerp_(var * (count / (count - 1)), MOMENTUM)
-        self.steps_trained.clamp_(min=end)
+        # torch's fused kernel, one op where the formula takes a dozen: every (step, net,
+        # feature) a feature of a (batch, feature) input; its running statistics (the unbiased
+        # variance, momentum as batchnorm's) written into this module's, step by step.
+        steps, nets, batch, features = x.shape
+        flat = x.permute(2, 0, 1, 3).reshape(batch, -1)
+        gamma = self.gamma.expand(steps, -1, -1, -1).reshape(-1)
+        beta = None if self.beta is None else self.beta.expand(steps, -1, -1, -1).reshape(-1)
+        track = mode == "train"
+        y = torch.batch_norm(
+            flat,
+            gamma,
+            beta,
+            self.running_mean[first_step:end].view(-1) if track else None,
+            self.running_var[first_step:end].view(-1) if track else None,
+            True,
+            MOMENTUM,
+            EPSILON,
+            torch.backends.cudnn.enabled,
+        )
+        if track:
+            self.steps_trained.clamp_(min=end)
+        return y.view(batch, steps, nets, features).permute(1, 2, 0, 3)
 
     def _population(self, first_step: int, end: int) -> tuple[Tensor, Tensor]:
         last = max(int(self.steps_trained), 1) - 1
