@@ -106,6 +106,14 @@ def test_every_variant_is_offered_drawn_with_a_legend_entry_and_a_diverged_net_i
         expect(rows).to_have_count(2 if variant in BATCH_DEPENDENT else 1)
         if variant in BATCH_DEPENDENT and variant not in diverged:
             expect(rows.nth(1)).to_contain_text("every image:")  # the collapse
+
+    # The list: a test-accuracy column per variant.
+    page.goto("/#/")
+    listed = page.locator(f"[data-experiment='{experiment_id}']")
+    for variant, results in experiment["results"].items():
+        accuracy = results["test_accuracy"]
+        shown = "—" if accuracy is None else f"{accuracy:.3f}"
+        expect(listed.locator(f"td[data-variant={variant}]")).to_have_text(shown)
     dashboard.assert_clean()
 
 

@@ -5,12 +5,14 @@ import { ApiError, get } from "../api.js";
 import { sleep } from "../curve.js";
 import { tagChips } from "../annotations.js";
 import { accuracy, count, describeSpec, h, message, statusBadge } from "../dom.js";
+import { inOrder, vocabulary } from "../vocabulary.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
 const PAGE = 50;
 const REFRESH_MS = 2000;
 
 export async function listView(root, signal, params = new URLSearchParams()) {
+  const { variants: order } = await vocabulary();
   // The filters, the page and the experiments ticked for comparison live in the URL.
   const state = {
     status: params.get("status") || "",
@@ -78,7 +80,7 @@ export async function listView(root, signal, params = new URLSearchParams()) {
       if (state.tag) query.set("tag", state.tag);
       const page = await get(`/experiments?${query}`);
       if (signal.aborted) return;
-      experiments.replaceChildren(experimentsTable(page, state, { refresh, remember, tick }));
+      experiments.replaceChildren(experimentsTable(page, state, order, { refresh, remember, tick }));
       let listed = null;
       if (sweepList) {
         try {
@@ -100,11 +102,14 @@ export async function listView(root, signal, params = new URLSearchParams()) {
 }
 
 // `on`: refresh() the list, remember() the state in the URL, tick(id, checked) for comparison.
-function experimentsTable(page, state, on) {
+function experimentsTable(page, state, order, on) {
   if (!page.total) {
     if (state.tag || state.status) return message("info", "No experiments match these filters.");
     return message("info", "No experiments yet: start one with “New experiment”.");
   }
+  // A test-accuracy column per variant the listed experiments trained: the study's pair, unless
+  // some asked for others.
+  const variants = inOrder([...new Set(page.items.flatMap((e) => Object.keys(e.results)))], order);
   const rows = page.items.map((e) =>
     h(
       "tr",
@@ -129,8 +134,9 @@ function experimentsTable(page, state, on) {
         tagChips(e.tags),
       ),
       h("td", {}, progressCell(e)),
-      h("td", { class: "number" }, accuracy(e.results.plain?.test_accuracy)),
-      h("td", { class: "number" }, accuracy(e.results.bn?.test_accuracy)),
+      variants.map((variant) =>
+        h("td", { class: "number", "data-variant": variant }, accuracy(e.results[variant]?.test_accuracy)),
+      ),
       h("td", { class: "muted" }, new Date(e.created_at).toLocaleString()),
     ),
   );
@@ -152,9 +158,15 @@ function experimentsTable(page, state, on) {
         h(
           "tr",
           {},
-          ["compare", "", "status", "experiment", "progress", "plain test acc", "bn test acc", "created"].map((t) =>
-            h("th", {}, t),
-          ),
+          [
+            "compare",
+            "",
+            "status",
+            "experiment",
+            "progress",
+            ...variants.map((variant) => `${variant} test acc`),
+            "created",
+          ].map((t) => h("th", {}, t)),
         ),
       ),
       h("tbody", {}, rows),
