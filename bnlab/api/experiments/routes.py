@@ -253,7 +253,15 @@ def download_bundle(experiment: ExperimentDep, session: SessionDep) -> Response:
                         "type": "object",
                         "required": [BUNDLE_FIELD],
                         "properties": {BUNDLE_FIELD: {"type": "string", "format": "binary"}},
-                    }
+                    },
+                    "encoding": {BUNDLE_FIELD: {"contentType": "application/zip"}},
+                    "examples": {
+                        "a bundle": {
+                            "summary": "A bundle downloaded from GET /experiments/{id}/bundle "
+                            f"(curl -F {BUNDLE_FIELD}=@bnlab-experiment-1.zip)",
+                            "value": {BUNDLE_FIELD: "bnlab-experiment-1.zip"},
+                        }
+                    },
                 }
             },
         }
