@@ -298,6 +298,27 @@ def test_a_succeeded_experiment_without_checkpoint_is_409(
     assert "no bn checkpoint" in response.json()["detail"]
 
 
+def test_a_diverged_net_is_409_saying_so_and_the_others_answer(
+    client: TestClient, session: Session, tmp_path: Path
+) -> None:
+    """A net whose loss turned non-finite is kept as it was (weights NaN): every answer would be
+    NaN, which JSON cannot carry, so it is a 409 that says what happened, not a 500."""
+    experiment = add_experiment(session, status="succeeded")
+    paths = add_checkpoints(session, experiment, tmp_path / "checkpoints")
+    stack = NetStack(ARCH, "plain", [initial_weights(ARCH, WEIGHT_STD, seed=3)])
+    diverged = {name: torch.full_like(t, float("nan")) for name, t in stack.net_state(0).items()}
+    sha256, size = save_net(paths["plain"], diverged, variant="plain", arch=ARCH, step=200)
+    run = queries.run_of(experiment, "plain")
+    run.diverged_at_step = 7
+    run.checkpoints[0].sha256, run.checkpoints[0].size_bytes = sha256, size
+    session.commit()
+    response = predict(client, experiment.id, json={"pixels": pixels("1")}, variant="plain")
+    assert response.status_code == 409
+    assert "plain net of experiment" in response.json()["detail"]
+    assert "diverged at step 7" in response.json()["detail"]
+    assert predict(client, experiment.id, json={"pixels": pixels("1")}).status_code == 200
+
+
 @pytest.mark.parametrize(
     "params",
     [{"variant": "resnet"}, {"mode": "train"}, {"experiment_id": "x"}, {"experiment_id": 0}],

@@ -132,6 +132,13 @@ def checkpoint_loader(settings: Settings, sessions: sessionmaker[Session]) -> Lo
                     "once it has succeeded"
                 )
             checkpoint = queries.checkpoint_of(session, experiment_id, variant, version)
+            diverged_at = checkpoint.run.diverged_at_step if checkpoint is not None else None
+        if diverged_at is not None:
+            # its weights are not finite: every answer would be NaN, which JSON cannot carry
+            raise Conflict(
+                f"the {variant} net of experiment {experiment_id} diverged at step {diverged_at} "
+                "(its training loss turned non-finite): it has no predictions; ask another variant"
+            )
         if checkpoint is None and version is not None:
             raise NotFound(
                 f"experiment {experiment_id} has no {variant} checkpoint version {version}"
