@@ -140,6 +140,21 @@ def test_the_demos_show_every_variant_and_only_bn_collapses(
         assert plain["batch_accuracy"] == [plain["population_accuracy"]] * len(body["sizes"])
 
 
+@pytest.mark.parametrize("path", ["collapse", "batch-size-effect"])
+def test_the_demos_leave_out_a_diverged_net_and_say_so_when_it_is_asked_for(
+    client: TestClient, session: Session, trained: Experiment, path: str
+) -> None:
+    queries.run_of(trained, "plain").diverged_at_step = 7
+    session.commit()
+    method = client.get if path == "batch-size-effect" else client.post
+    response = method(f"/experiments/{trained.id}/{path}")
+    assert response.status_code == 200, response.text
+    assert list(response.json()["variants"]) == ["bn"]
+    response = method(f"/experiments/{trained.id}/{path}", params={"variant": "plain"})
+    assert response.status_code == 409
+    assert "diverged at step 7" in response.json()["detail"]
+
+
 @pytest.mark.parametrize("path", ["collapse", "batch-size-effect", "recalibrate"])
 def test_a_variant_the_experiment_did_not_train_is_409_naming_those_it_did(
     client: TestClient, trained: Experiment, path: str

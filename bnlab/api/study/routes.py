@@ -111,8 +111,8 @@ def collapse(
     population and with batch statistics. One image's own statistics turn every BN output into
     beta, so every image gets the same class; the whole test set in large batches shows batch
     statistics doing almost as well as population ones: the collapse is about batch size.
-    Every net the experiment trained answers under `variants`: LayerNorm, GroupNorm and plain
-    nets need no batch, and do not collapse."""
+    Every net the experiment trained answers under `variants` (but one that diverged):
+    LayerNorm, GroupNorm and plain nets need no batch, and do not collapse."""
     served = net.served_every("the collapse demo")
     with net.computing():
         test = net.splits().test

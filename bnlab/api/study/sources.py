@@ -91,13 +91,16 @@ class StudyNet:
 
     def served_every(self, what: str) -> dict[Variant, LoadedNet]:
         """Every net the experiment trained, from /predict's cache: the one asked for at the
-        version asked for, the others at their latest; a 409 unless `what` can run."""
+        version asked for, the others at their latest, less the ones that diverged (their
+        weights are not finite: nothing to show); a 409 unless `what` can run."""
         require_trained(self.experiment, self.variant, what, needs_bn=False)
+        diverged = {run.variant for run in self.experiment.runs if run.diverged_at_step is not None}
         return {
             variant: self.nets.loaded(
                 self.experiment.id, variant, self.version if variant == self.variant else None
             )
             for variant in trained_variants(self.experiment)
+            if variant == self.variant or variant not in diverged
         }
 
     @contextmanager
