@@ -192,12 +192,25 @@ class Stack(nn.Module, ABC):
         """Logits; `noise` is a `bn_noisy` stack's training noise (`bn_noise`), else empty."""
 
     @abstractmethod
+    def _per_net_tensors(self, index: int) -> dict[str, Tensor]:
+        """Views of net `index`'s share of every tensor but its weights and output bias, by
+        the name its checkpoint stores it under."""
+
     def net_state(self, index: int) -> dict[str, Tensor]:
         """Net `index`'s tensors without the net axis: what its checkpoint stores."""
+        state = {f"weight.{i}": w[index] for i, w in enumerate(self.weights)}
+        state["output_bias"] = self.output_bias[index, 0]
+        state.update(self._per_net_tensors(index))
+        return {name: tensor.detach().clone() for name, tensor in state.items()}
 
-    @abstractmethod
+    @torch.no_grad()
     def load_net_state(self, index: int, state: dict[str, Tensor]) -> None:
         """Write one net's tensors (as `net_state` returns them) into net `index`."""
+        for i, w in enumerate(self.weights):
+            w[index] = state[f"weight.{i}"]
+        self.output_bias[index, 0] = state["output_bias"]
+        for name, tensor in self._per_net_tensors(index).items():
+            tensor.copy_(state[name])
 
     @property
     def depends_on_batch(self) -> bool:
@@ -377,22 +390,6 @@ class NetStack(Stack):
             z = F.conv2d(h, kernel, bias, padding="same", groups=self.size)
             h = F.max_pool2d(self._activate(z, i, mode, pre_activations, noise), 2)
         return h.flatten(2).view(h.shape[0], self.size, -1).transpose(0, 1)
-
-    def net_state(self, index: int) -> dict[str, Tensor]:
-        """Net `index`'s tensors without the net axis: what its checkpoint stores."""
-        state = {f"weight.{i}": w[index] for i, w in enumerate(self.weights)}
-        state["output_bias"] = self.output_bias[index, 0]
-        state.update(self._per_net_tensors(index))
-        return {name: tensor.detach().clone() for name, tensor in state.items()}
-
-    @torch.no_grad()
-    def load_net_state(self, index: int, state: dict[str, Tensor]) -> None:
-        """Write one net's tensors (as `net_state` returns them) into net `index`."""
-        for i, w in enumerate(self.weights):
-            w[index] = state[f"weight.{i}"]
-        self.output_bias[index, 0] = state["output_bias"]
-        for name, tensor in self._per_net_tensors(index).items():
-            tensor.copy_(state[name])
 
     def _per_net_tensors(self, index: int) -> dict[str, Tensor]:
         # Views into the stacked biases and normalization tensors that belong to net `index`:

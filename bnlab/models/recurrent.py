@@ -197,20 +197,6 @@ class LSTMStack(Stack):
         y: Tensor = self.norms[term](x, first_step, mode)
         return y
 
-    def net_state(self, index: int) -> dict[str, Tensor]:
-        state = {f"weight.{i}": w[index] for i, w in enumerate(self.weights)}
-        state["output_bias"] = self.output_bias[index, 0]
-        state.update(self._per_net_tensors(index))
-        return {name: tensor.detach().clone() for name, tensor in state.items()}
-
-    @torch.no_grad()
-    def load_net_state(self, index: int, state: dict[str, Tensor]) -> None:
-        for i, w in enumerate(self.weights):
-            w[index] = state[f"weight.{i}"]
-        self.output_bias[index, 0] = state["output_bias"]
-        for name, tensor in self._per_net_tensors(index).items():
-            tensor.copy_(state[name])
-
     def _per_net_tensors(self, index: int) -> dict[str, Tensor]:
         # Views of net `index`'s share: "bias", "<bn|norm>.<term>.<name>"; running statistics
         # (step, feature), the longest sequence trained shared by the stack's nets.
