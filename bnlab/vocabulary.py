@@ -45,7 +45,6 @@ DATASETS: tuple[Dataset, ...] = get_args(Dataset)
 ArchitectureKind = Literal["mlp", "rnn"]
 ARCHITECTURES: tuple[ArchitectureKind, ...] = get_args(ArchitectureKind)
 SequenceOrder = Literal["rows", "pixels"]
-SEQUENCE_ORDERS: tuple[SequenceOrder, ...] = get_args(SequenceOrder)
 # The variants an rnn takes: no normalization, Cooijmans et al.'s BN per time step, LayerNorm.
 RNN_VARIANTS: tuple[Variant, ...] = ("plain", "bn", "layer_norm")
 

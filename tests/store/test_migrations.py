@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import CheckConstraint, create_engine, inspect, text
@@ -152,4 +153,28 @@ def test_experiments_stored_before_0006_name_no_training_state(database_url: str
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT state_location, state_sha256 FROM experiments"))
         assert [tuple(row) for row in rows] == [(None, None)]
+    engine.dispose()
+
+
+def test_downgrading_below_0008_refuses_while_bn_noisy_runs_exist(database_url: str) -> None:
+    """The older schema cannot hold a bn_noisy run: the downgrade says which experiments to
+    delete first, rather than deleting a user's experiments itself."""
+    upgrade(database_url)
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO experiments (status, queue, spec, created_at, progress_step, "
+                "progress_total, lease_token) "
+                "VALUES ('succeeded', 'cpu', '{}', CURRENT_TIMESTAMP, 0, 100, 0)"
+            )
+        )
+        connection.execute(text("INSERT INTO runs (experiment_id, variant) VALUES (1, 'bn_noisy')"))
+    with pytest.raises(RuntimeError, match="experiments 1 trained bn_noisy nets"):
+        downgrade(database_url, "0007")
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT count(*) FROM runs")).scalar() == 1
+        connection.execute(text("DELETE FROM runs"))
+    downgrade(database_url, "0007")
+    assert reflect(database_url)[1] == "0007"
     engine.dispose()

@@ -7,6 +7,7 @@ Create Date: 2026-12-03
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
@@ -30,7 +31,17 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # A bn_noisy run cannot stay under the narrower constraint: it is deleted, and what hangs
-    # off it (curve points, layer statistics) with it, by the foreign keys' ON DELETE CASCADE.
-    op.execute("DELETE FROM runs WHERE variant = 'bn_noisy'")
+    # A bn_noisy run cannot stay under the narrower constraint, and an older bnlab cannot read
+    # an experiment that asked for one: refuse rather than delete a user's experiments.
+    # (Deleting its runs alone would leave their points behind on SQLite, where migrations run
+    # without foreign keys, and the experiment's spec naming a variant it no longer has.)
+    noisy = op.get_bind().execute(
+        sa.text("SELECT DISTINCT experiment_id FROM runs WHERE variant = 'bn_noisy'")
+    )
+    ids = sorted(row[0] for row in noisy)
+    if ids:
+        raise RuntimeError(
+            f"experiments {', '.join(map(str, ids))} trained bn_noisy nets, which the schema "
+            "before 0008 cannot hold: delete them before downgrading"
+        )
     _allow(FIVE)
