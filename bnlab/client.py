@@ -145,7 +145,8 @@ class Client:
         base: dict[str, Any] | None = None,
         **options: Any,
     ) -> "Sweep":
-        """Queue a grid of experiments: `preset="classic"` (the study's 15 cells) and/or a
+        """Queue a grid of experiments: `preset="classic"` (the study's 15 cells) or `"why"`
+        (5 cells with every probe on, plain/bn/bn_noisy) and/or a
         `grid` of field -> values (every combination a cell), `base` fields shared by every
         cell; `options` are the sweep's other fields (e.g. `stack=False`)."""
         body: dict[str, Any] = {"grid": grid or {}, "base": base or {}, **options}

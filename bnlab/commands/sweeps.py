@@ -36,7 +36,11 @@ SweepId = Annotated[int, typer.Argument(min=1, help="The sweep's id.", show_defa
 @reports_errors
 def run(
     preset: Annotated[
-        Preset | None, typer.Option(help="The classic study's cells (15 experiments).")
+        Preset | None,
+        typer.Option(
+            help="classic: the study's 15 cells; why: 5 telling cells with every probe on "
+            "(plain, bn, bn_noisy; see the README's 'Why does BN help?')."
+        ),
     ] = None,
     grid: Annotated[
         list[str] | None,
@@ -66,7 +70,9 @@ def run(
     With --wait, follow it, print its report, and exit non-zero unless all succeed.
     """
     if preset is None and not grid:
-        raise typer.BadParameter("give --preset classic, or at least one --grid FIELD=V1,V2")
+        raise typer.BadParameter(
+            "give --preset classic (or why), or at least one --grid FIELD=V1,V2"
+        )
     grid_values = {
         name: [_value(value) for value in values.split(",")]
         for name, values in map(_field, grid or [])
