@@ -11,6 +11,8 @@ Made by GET /experiments/{id}/bundle, read by POST /experiments/import and `bnla
     curve.csv            the same, a row per variant and sample point (floats written exactly)
     results.json         per variant, as GET /experiments/{id} answers under "results"
     layer_stats.json     per variant, a row per hidden layer and sample point
+    probes.json          per variant, the rows of each probe table (why BN helps: landscapes,
+                         landscape_points, layer_shifts, sharpness), by the table's name
     checkpoints/<variant>-v<version>.safetensors   every checkpoint, every version
 
 Floats are written as Python's repr, which reads back to the same double: a curve survives the
@@ -27,15 +29,18 @@ from importlib import metadata
 from typing import Any
 
 FORMAT = "bnlab-bundle"
-# Bumped when a reader of the old format could not read the new one.
+# Bumped when a reader of the old format could not read the new one. probes.json came later
+# within version 1: an older reader checks its sha256 and leaves it out; a bundle made before
+# it has no probe rows.
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-SPEC, CURVE, CURVE_CSV, RESULTS, LAYER_STATS = (
+SPEC, CURVE, CURVE_CSV, RESULTS, LAYER_STATS, PROBES = (
     "spec.json",
     "curve.json",
     "curve.csv",
     "results.json",
     "layer_stats.json",
+    "probes.json",
 )
 CSV_COLUMNS = ("variant", "step", "val_accuracy", "train_loss")
 # A fixed time for every member (zip's epoch): the bytes depend on the contents only.
@@ -87,6 +92,7 @@ class Bundle:
     checkpoints: list[CheckpointEntry]
     checkpoint_bytes: dict[str, bytes] = field(repr=False)
     made_by: str = field(default_factory=bnlab_version)
+    probes: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
 
 
 def sha256(data: bytes) -> str:
@@ -101,6 +107,7 @@ def write(bundle: Bundle) -> bytes:
         CURVE_CSV: _csv(bundle.curve),
         RESULTS: _json(bundle.results),
         LAYER_STATS: _json(bundle.layer_stats),
+        PROBES: _json(bundle.probes),
         **{entry.file: bundle.checkpoint_bytes[entry.file] for entry in bundle.checkpoints},
     }
     manifest = {
@@ -212,16 +219,20 @@ def _contents(manifest: dict[str, Any], files: dict[str, bytes]) -> Bundle:
                 f"{entry.file}: missing, or not the checkpoint its manifest entry names "
                 "(sha256 mismatch)"
             )
+    provenance = manifest.get("provenance")
+    if provenance is not None and not isinstance(provenance, dict):
+        raise ValueError(f"{MANIFEST}'s provenance is not a JSON object")
     return Bundle(
         experiment=dict(manifest["experiment"]),
         spec=_object(files, SPEC),
-        provenance=manifest.get("provenance"),
+        provenance=provenance,
         curve=_object(files, CURVE)["series"],
         results=_object(files, RESULTS),
         layer_stats=_object(files, LAYER_STATS),
         checkpoints=checkpoints,
         checkpoint_bytes={entry.file: files[entry.file] for entry in checkpoints},
         made_by=str(manifest["made_by"]["bnlab"]),
+        probes=_object(files, PROBES) if PROBES in files else {},
     )
 
 

@@ -21,6 +21,7 @@ from bnlab.store import queries
 from bnlab.store.migrate import upgrade
 from bnlab.store.tables import Experiment
 from tests.api.conftest import add_checkpoints, add_experiment, make_settings, tamper
+from tests.api.test_why import probed
 
 PROVENANCE = {"torch": "2.x", "cpu": {"model": "a CPU", "capability": "AVX2"}, "seed": 3}
 # Finite floats that a decimal rendering with fewer digits would not give back exactly.
@@ -301,3 +302,87 @@ def test_a_spec_this_bnlab_does_not_take_is_refused(
     files["manifest.json"] = json.dumps(manifest).encode()
     detail = refused(other, zipped(files))
     assert "spec" in detail and "learning_rate" in detail
+
+
+def with_file(files: dict[str, bytes], name: str, value: Any) -> bytes:
+    """The bundle with `name` replaced by `value` as JSON, its sha256 in the manifest to match:
+    what a bundle edited by hand (or by another program) looks like."""
+    data = json.dumps(value).encode()
+    manifest = json.loads(files["manifest.json"])
+    manifest["files"][name] = hashlib.sha256(data).hexdigest()
+    return zipped({**files, name: data, "manifest.json": json.dumps(manifest).encode()})
+
+
+def test_rows_that_cannot_be_stored_are_422_naming_what_is_wrong(
+    client: TestClient, other: TestClient, ended: Experiment
+) -> None:
+    files = unzipped(bundle_of(client, ended.id))
+    curve = json.loads(files["curve.json"])
+    bn = curve["series"]["bn"]
+    cases: list[tuple[str, Any, tuple[str, ...]]] = [
+        ("curve.json", {"series": {**curve["series"], "bn": {**bn, "step": [0]}}}, ("bn", "1, 2")),
+        ("curve.json", {"series": {**curve["series"], "bn": {**bn, "step": [50, 50]}}}, ("[50]",)),
+        ("curve.json", {"series": ["bn"]}, ("curve", "dictionary")),
+        ("layer_stats.json", {"bn": "rows"}, ("layer_stats", "list")),
+    ]
+    layers = json.loads(files["layer_stats.json"])
+    twice = {**layers, "plain": layers["plain"] + layers["plain"][:1]}
+    cases.append(("layer_stats.json", twice, ("plain", "(step, layer)", "(0, 0)")))
+    for name, value, said in cases:
+        detail = refused(other, with_file(files, name, value))
+        assert all(part in detail for part in said), (name, detail)
+    assert other.get("/experiments").json()["total"] == 0
+
+
+def test_what_would_break_reading_it_back_is_refused(
+    client: TestClient, other: TestClient, ended: Experiment
+) -> None:
+    files = unzipped(bundle_of(client, ended.id))
+    manifest = json.loads(files["manifest.json"])
+    listed = json.dumps(manifest | {"provenance": ["a", "list"]}).encode()
+    assert "provenance" in refused(other, zipped({**files, "manifest.json": listed}))
+    curve = files["curve.json"].decode().replace("0.7123456789012345", "NaN", 1)
+    assert "NaN" in curve
+    detail = refused(other, with_file(files, "curve.json", json.loads(curve)))
+    assert "curve" in detail and "finite" in detail
+    results = json.loads(files["results.json"])
+    results["bn"]["test_accuracy"] = float("inf")
+    assert "finite" in refused(other, with_file(files, "results.json", results))
+    # Nothing got in: the list still answers.
+    listing = other.get("/experiments")
+    assert listing.status_code == 200 and listing.json()["total"] == 0
+
+
+def test_a_probed_experiment_answers_the_same_after_import(
+    client: TestClient, other: TestClient, session: Session
+) -> None:
+    original = probed(session, [0, 100])
+    original.status = "succeeded"
+    session.commit()
+    data = bundle_of(client, original.id)
+    assert "probes.json" in json.loads(unzipped(data)["manifest.json"])["files"]
+    response = import_(other, data)
+    assert response.status_code == 201, response.text
+    new = response.json()["id"]
+    for what in ("landscape", "ics", "sharpness"):
+        there = other.get(f"/experiments/{new}/{what}").json()
+        here = client.get(f"/experiments/{original.id}/{what}").json()
+        assert there.pop("experiment_id") == new and here.pop("experiment_id") == original.id
+        assert there == here and any(there["variants"]["bn"]), what
+
+
+def test_a_bundle_from_before_the_probes_imports_without_them(
+    client: TestClient, other: TestClient, ended: Experiment
+) -> None:
+    files = unzipped(bundle_of(client, ended.id))
+    del files["probes.json"]
+    manifest = json.loads(files["manifest.json"])
+    del manifest["files"]["probes.json"]
+    files["manifest.json"] = json.dumps(manifest).encode()
+    response = import_(other, zipped(files))
+    assert response.status_code == 201, response.text
+    sharpness = other.get(f"/experiments/{response.json()['id']}/sharpness").json()
+    assert sharpness["variants"] == {
+        "plain": {"step": [], "eigenvalue": [], "iterations": []},
+        "bn": {"step": [], "eigenvalue": [], "iterations": []},
+    }

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError, model_validator
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -39,7 +39,16 @@ from bnlab.models.checkpoint import CheckpointError, decode_net
 from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
 from bnlab.store import queries
-from bnlab.store.tables import Experiment, LayerStat, utc_now
+from bnlab.store.tables import (
+    Experiment,
+    Landscape,
+    LandscapePoint,
+    LayerShift,
+    LayerStat,
+    ProbeRow,
+    Sharpness,
+    utc_now,
+)
 from bnlab.vocabulary import TERMINAL, Status, Variant
 
 log = logging.getLogger(__name__)
@@ -62,6 +71,135 @@ class LayerRow(BaseModel):
     @classmethod
     def of(cls, row: LayerStat) -> "LayerRow":
         return cls.model_validate(row, from_attributes=True)
+
+
+class LandscapeRow(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    step: int
+    beta_smoothness: float | None
+
+
+class LandscapePointRow(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    step: int
+    step_size: float
+    loss: float | None
+    grad_change: float | None
+
+
+class LayerShiftRow(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    step: int
+    layer: int
+    norm: float | None
+    cosine: float | None
+
+
+class SharpnessRow(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    step: int
+    eigenvalue: float | None
+    iterations: int
+    edge: float
+
+
+class ProbeTables(BaseModel):
+    """One net's probe rows (migration 0009), under each table's name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    landscapes: list[LandscapeRow] = []
+    landscape_points: list[LandscapePointRow] = []
+    layer_shifts: list[LayerShiftRow] = []
+    sharpness: list[SharpnessRow] = []
+
+
+# Each probe table, and the columns that make its row unique (with its run).
+PROBES: dict[type[ProbeRow], tuple[str, ...]] = {
+    Landscape: ("step",),
+    LandscapePoint: ("step", "step_size"),
+    LayerShift: ("step", "layer"),
+    Sharpness: ("step",),
+}
+
+
+def probe_rows(session: Session, experiment_id: int) -> dict[Variant, ProbeTables]:
+    """Per variant, its probe tables' rows."""
+    found: dict[Variant, dict[str, list[ProbeRow]]] = {}
+    for table, key in PROBES.items():
+        order = [getattr(table, name) for name in key]
+        for variant, rows in queries.rows_per_variant(
+            session, experiment_id, table, *order
+        ).items():
+            found.setdefault(variant, {})[table.__tablename__] = rows
+    return {v: ProbeTables.model_validate(t, from_attributes=True) for v, t in found.items()}
+
+
+def _probe_rows_by_step(tables: ProbeTables) -> dict[int, queries.ProbeRows]:
+    """A net's probe rows as `queries.add_probe_rows` takes them, per step."""
+    by_step: dict[int, queries.ProbeRows] = {}
+    for table in PROBES:
+        for row in getattr(tables, table.__tablename__):
+            values = row.model_dump()
+            by_step.setdefault(values.pop("step"), {}).setdefault(table, []).append(values)
+    return by_step
+
+
+# What a bundle's rows must be to go in: finite numbers (JSON parses NaN, but no client can
+# be answered it), and no field a row of this bnlab does not have.
+IMPORTED = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ImportedLayerRow(LayerRow):
+    model_config = IMPORTED
+
+
+class ImportedSeries(Series):
+    model_config = IMPORTED
+
+
+class ImportedResults(RunResults):
+    model_config = IMPORTED
+
+
+class ImportedRows(BaseModel):
+    """A bundle's rows, per variant name."""
+
+    curve: dict[str, ImportedSeries]
+    results: dict[str, ImportedResults]
+    layer_stats: dict[str, list[ImportedLayerRow]]
+    probes: dict[str, ProbeTables]
+
+    @model_validator(mode="after")
+    def _one_row_per_point(self) -> "ImportedRows":
+        # The tables' unique constraints would refuse these only at commit, as a 500.
+        for variant, s in self.curve.items():
+            lengths = (len(s.step), len(s.val_accuracy), len(s.train_loss))
+            if len(set(lengths)) > 1:
+                raise ValueError(
+                    f"the {variant} curve's step, val_accuracy and train_loss have "
+                    f"{lengths[0]}, {lengths[1]} and {lengths[2]} values: one each per point"
+                )
+            _unique(f"the {variant} curve's steps", s.step)
+        for variant, rows in self.layer_stats.items():
+            keys = [(row.step, row.layer) for row in rows]
+            _unique(f"the {variant} layer statistics' (step, layer)", keys)
+        for variant, tables in self.probes.items():
+            for table, key in PROBES.items():
+                rows = getattr(tables, table.__tablename__)
+                keys = [tuple(getattr(row, name) for name in key) for row in rows]
+                _unique(f"the {variant} {table.__tablename__}' {key}", keys)
+        return self
+
+
+def _unique(what: str, keys: list[Any]) -> None:
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"{what} {repeated} appear more than once")
 
 
 class Ended(BaseModel):
@@ -105,6 +243,7 @@ def bundle_of(session: Session, experiment: Experiment) -> bytes:
             },
             checkpoints=entries,
             checkpoint_bytes=contents,
+            probes={v: t.model_dump() for v, t in probe_rows(session, experiment.id).items()},
         )
     )
 
@@ -183,6 +322,7 @@ class Checked:
     curve: dict[Variant, list[tuple[int, float, float | None]]]
     results: dict[Variant, dict[str, Any]]
     layer_stats: dict[Variant, list[dict[str, Any]]]
+    probes: dict[Variant, dict[int, queries.ProbeRows]]
 
 
 def take_in(session: Session, settings: Settings, data: bytes, file_name: str | None) -> Experiment:
@@ -227,6 +367,9 @@ def take_in(session: Session, settings: Settings, data: bytes, file_name: str | 
             checked.results,
             checked.layer_stats,
         )
+        for variant, by_step in checked.probes.items():
+            for step, tables in by_step.items():
+                queries.add_probe_rows(session, experiment, step, {variant: tables})
         notes = checked.annotations
         queries.annotate(experiment, name=notes.name, notes=notes.notes, tags=notes.tags)
         folder = artifacts.locate(settings.checkpoint_dir, f"experiment-{experiment.id}")
@@ -270,15 +413,14 @@ def _checked(bundle: bundles.Bundle, settings: Settings) -> Checked:
                 "tags": told.get("tags") or [],
             }
         )
-        series = {_variant(v, spec): Series.model_validate(s) for v, s in bundle.curve.items()}
-        results = {
-            _variant(v, spec): RunResults.model_validate(r).model_dump()
-            for v, r in bundle.results.items()
-        }
-        layers = {
-            _variant(v, spec): [LayerRow.model_validate(row).model_dump() for row in rows]
-            for v, rows in bundle.layer_stats.items()
-        }
+        rows = ImportedRows.model_validate(
+            {
+                "curve": bundle.curve,
+                "results": bundle.results,
+                "layer_stats": bundle.layer_stats,
+                "probes": bundle.probes,
+            }
+        )
     except ValidationError as error:
         raise Invalid(
             f"the bundle's experiment is not what bnlab writes: {describe(error)}"
@@ -292,10 +434,16 @@ def _checked(bundle: bundles.Bundle, settings: Settings) -> Checked:
     for entry in bundle.checkpoints:
         _check_loads(entry, bundle.checkpoint_bytes[entry.file], spec, settings)
     curve = {
-        variant: list(zip(s.step, s.val_accuracy, s.train_loss, strict=True))
-        for variant, s in series.items()
+        _variant(v, spec): list(zip(s.step, s.val_accuracy, s.train_loss, strict=True))
+        for v, s in rows.curve.items()
     }
-    return Checked(spec, ended, annotations, curve, results, layers)
+    results = {_variant(v, spec): r.model_dump() for v, r in rows.results.items()}
+    layers = {
+        _variant(v, spec): [row.model_dump() for row in variant_rows]
+        for v, variant_rows in rows.layer_stats.items()
+    }
+    probes = {_variant(v, spec): _probe_rows_by_step(t) for v, t in rows.probes.items()}
+    return Checked(spec, ended, annotations, curve, results, layers, probes)
 
 
 def _variant(name: str, spec: ExperimentSpec) -> Variant:
