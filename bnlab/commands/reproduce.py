@@ -108,6 +108,14 @@ def reproduce(
             f"{fork['parent_id']}'s training state at step {fork['step']}, which no bundle "
             "carries; reproduce the parent's bundle instead"
         )
+    status = original.experiment.get("status")
+    if status != "succeeded":
+        # A rerun trains to the end: it could never stop where this one did.
+        raise ApiError(
+            f"{file.name} is the bundle of a {status} experiment: it stopped early "
+            f"({original.experiment.get('error') or 'no reason recorded'}), and a rerun trains "
+            "to the end, so their curves cannot agree; only a succeeded experiment is reproduced"
+        )
     with connect(url, token) as client:
         rerun = client.run(**original.spec)
         say = errors if json else console  # with --json, stdout is the verdict alone

@@ -6,6 +6,7 @@ no rerun from its spec can reproduce, refused before anything is queued."""
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from bnlab import bundle
@@ -73,3 +74,19 @@ def test_a_forks_bundle_is_refused_saying_why(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "a fork" in result.stderr and "experiment 3" in result.stderr
     assert "step 100" in result.stderr and "cannot reach" not in result.stderr
+
+
+@pytest.mark.parametrize("status", ["cancelled", "failed"])
+def test_an_experiment_that_stopped_early_is_refused_saying_why(
+    tmp_path: Path, status: str
+) -> None:
+    told = {"id": 7, "status": status, "error": "cancelled at step 150", "fork": None}
+    made = bundle.Bundle(told, {"validation_size": VALIDATION}, None, {}, {}, {}, [], {})
+    path = tmp_path / "stopped.zip"
+    path.write_bytes(bundle.write(made))
+
+    result = CliRunner().invoke(app, ["reproduce", str(path), "--url", "http://127.0.0.1:9"])
+
+    assert result.exit_code == 1
+    assert f"a {status} experiment" in result.stderr and "step 150" in result.stderr
+    assert "cannot reach" not in result.stderr
