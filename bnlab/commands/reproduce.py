@@ -57,9 +57,12 @@ class Difference:
 
 
 def same_kind(original: dict[str, Any] | None, rerun: dict[str, Any] | None) -> bool:
+    """Whether every machine that trained `original` (the first, and each a resumed job ran
+    on: `resumed_on`) is of `rerun`'s kind."""
     if not original or not rerun:
         return False
-    return all(original.get(key) == rerun.get(key) for key in SAME_KIND)
+    machines = [original, *original.get("resumed_on", [])]
+    return all(m.get(key) == rerun.get(key) for m in machines for key in SAME_KIND)
 
 
 def difference(

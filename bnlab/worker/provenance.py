@@ -1,7 +1,9 @@
 """What trained an experiment, as a reviewer asks it: bnlab's version (and git commit when it runs
 from a checkout), Python, torch and CUDA, the device, the CPU and the kernels torch picked on it,
 BN's implementation, the dataset and the sha256 of its files, the seed. The worker records it
-when a job starts training (bnlab/worker/job.py); bundles carry it (bnlab/bundle.py).
+when a job starts training (bnlab/worker/job.py); bundles carry it (bnlab/bundle.py). A job
+resumed elsewhere keeps the first machine's and adds its own under `resumed_on` (`trained_by`):
+every machine that trained the run is named.
 
 `cpu_kind` is what `bnlab reproduce` compares: on the same kind the same spec gives the same
 curve bit for bit; elsewhere MKL and ATen may pick other kernels, which round differently.
@@ -12,12 +14,12 @@ import os
 import platform
 import subprocess
 from functools import cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bnlab.bundle import bnlab_version
 from bnlab.models.data import LOADERS
 from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
@@ -39,10 +41,26 @@ def provenance_of(spec: ExperimentSpec, device: torch.device, settings: Settings
     }
 
 
+def trained_by(
+    recorded: dict[str, Any] | None, current: dict[str, Any], step: int
+) -> dict[str, Any]:
+    """`recorded` (what trained it to `step`) with `current`, the provenance of the job that
+    goes on from there: the same when nothing was trained yet or it is a machine named already,
+    else `recorded` with `current` and `step` added under `resumed_on`."""
+    if recorded is None or step == 0:
+        return current
+    resumed_on = list(recorded.get("resumed_on", []))
+    named = [{k: v for k, v in recorded.items() if k != "resumed_on"}]
+    named += [{k: v for k, v in entry.items() if k != "step"} for entry in resumed_on]
+    if current in named:
+        return recorded
+    return {**recorded, "resumed_on": [*resumed_on, {"step": step, **current}]}
+
+
 @cache
 def _software() -> dict[str, Any]:
     return {
-        "bnlab": {"version": metadata.version("bnlab"), "git_commit": _git_commit()},
+        "bnlab": {"version": bnlab_version(), "git_commit": _git_commit()},
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,  # None for a CPU-only build of torch

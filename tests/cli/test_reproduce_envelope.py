@@ -90,3 +90,14 @@ def test_an_experiment_that_stopped_early_is_refused_saying_why(
     assert result.exit_code == 1
     assert f"a {status} experiment" in result.stderr and "step 150" in result.stderr
     assert "cannot reach" not in result.stderr
+
+
+def test_bit_for_bit_is_claimed_only_when_every_machine_that_trained_it_is_the_reruns_kind() -> (
+    None
+):
+    cpu = {"model": "EPYC", "capability": "AVX2", "kernels": {"MKL_ENABLE_INSTRUCTIONS": None}}
+    here = {"cpu": cpu, "device": {"type": "cpu"}, "torch": "2.5", "bn_impl": "torch", "seed": 0}
+    elsewhere = {**here, "cpu": {**cpu, "model": "Xeon"}}
+    resumed = {**here, "resumed_on": [{"step": 300, **elsewhere}]}
+    assert not same_kind(resumed, here) and not same_kind(resumed, elsewhere)
+    assert same_kind({**here, "resumed_on": [{"step": 300, **here, "python": "3.13"}]}, here)

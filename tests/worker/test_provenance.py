@@ -72,3 +72,25 @@ def test_the_dataset_files_are_named_by_sha256_and_hashed_once(
 
     assert first["dataset"] == second["dataset"] == {"name": "mnist", "files": expected}
     assert len(hashed) == len(expected) == 4
+
+
+def test_an_uninstalled_source_tree_records_its_version_as_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def not_installed(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert recorded(tmp_path)["bnlab"]["version"] == "unknown"  # type: ignore[index]
+
+
+def test_a_resumed_job_adds_its_machine_and_keeps_the_first() -> None:
+    first = {"cpu": {"model": "A"}, "torch": "2.5", "seed": 1}
+    second = {**first, "cpu": {"model": "B"}}
+    assert provenance.trained_by(None, first, 0) == first
+    assert provenance.trained_by(second, first, 0) == first  # nothing trained before it
+    on_b = provenance.trained_by(first, second, 300)
+    assert on_b == {**first, "resumed_on": [{"step": 300, **second}]}
+    # Back on a machine already named: nothing new to say.
+    assert provenance.trained_by(on_b, first, 500) == on_b
+    assert provenance.trained_by(on_b, second, 500) == on_b
