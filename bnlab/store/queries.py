@@ -64,7 +64,7 @@ def create_experiment(
         experiment.parent_id, experiment.fork_step = fork.parent.id, fork.step
         experiment.fork_changes = fork.changes
         experiment.progress_step = fork.step
-        copy_sample_point(session, fork.parent, experiment, fork.step)
+        copy_sample_point(session, fork, experiment)
     return experiment
 
 
@@ -114,6 +114,26 @@ def curve(session: Session, experiment_id: int) -> dict[Variant, list[CurvePoint
     points: dict[Variant, list[CurvePoint]] = {v: [] for v in variants_of(session, experiment_id)}
     for variant, point in session.execute(query):
         points[variant].append(point)
+    return points
+
+
+def curve_since_start(session: Session, experiment: Experiment) -> dict[Variant, list[CurvePoint]]:
+    """Its curve per variant, and for a fork, before its first point its parent's up to the
+    fork's step (its parent's parent's before that...): the run its nets went through, in
+    step order. A variant its parent does not train, or a deleted parent, ends it there."""
+    points = curve(session, experiment.id)
+    lineage = set(points)
+    child = experiment
+    while child.parent_id is not None and child.fork_step is not None and lineage:
+        parent = get_experiment(session, child.parent_id)
+        if parent is None:
+            break
+        earlier = curve(session, parent.id)
+        lineage &= set(earlier)
+        for variant in lineage:
+            before = [point for point in earlier[variant] if point.step < child.fork_step]
+            points[variant] = before + points[variant]
+        child = parent
     return points
 
 
@@ -449,8 +469,9 @@ def with_tags(query: Select[Owner], owner: type[Owner], tags: Sequence[str]) -> 
 def keep_state(
     session: Session, experiment: Experiment, step: int, location: str, sha256: str, size: int
 ) -> None:
-    """Name a training state kept at sample point `step`, to fork the experiment from."""
-    session.add(
+    """Name a training state kept at sample point `step`, to fork the experiment from, in place
+    of the one named there before (a job that trains that step again keeps it again)."""
+    session.merge(
         KeptState(
             experiment_id=experiment.id,
             step=step,
@@ -462,8 +483,8 @@ def keep_state(
 
 
 def drop_kept_after(session: Session, experiment: Experiment, step: int) -> None:
-    """Forget the states kept past `step`, with its curve points (a resumed job keeps them
-    again). Their objects, named nowhere now, are removed when the experiment ends."""
+    """Forget the states kept past `step`, where its curve ends for good (a run that ended).
+    Their objects, named nowhere now, are removed at the end of its job."""
     after = (KeptState.experiment_id == experiment.id, KeptState.step > step)
     session.execute(delete(KeptState).where(*after))
 
@@ -484,19 +505,26 @@ def forks_of(session: Session, experiment_id: int) -> Sequence[Experiment]:
     return session.scalars(query.order_by(Experiment.id)).all()
 
 
-# What a sample point wrote per net, and what a fork takes over from its parent's.
+# What a sample point wrote per net, and what a fork takes over from its parent's: the probes'
+# rows too, unless it changes the learning rate (the landscape's step sizes are multiples of it,
+# as is the edge of stability: one series would mix the parent's and the fork's).
 SAMPLE_POINT_TABLES: tuple[type[CurvePoint | LayerStat], ...] = (CurvePoint, LayerStat)
 
 
-def copy_sample_point(session: Session, parent: Experiment, fork: Experiment, step: int) -> None:
-    """The parent's sample point at `step` (curve points, layer statistics) as the fork's
-    first, for the variants both train: the fork continues from the very nets measured there."""
-    fork_runs = {run.variant: run.id for run in fork.runs}
-    for run in parent.runs:
+def copy_sample_point(session: Session, fork: Lineage, experiment: Experiment) -> None:
+    """The parent's sample point at the fork's step (curve points, layer statistics, the
+    probes' rows) as the fork's first, for the variants both train: the fork continues from the
+    very nets measured there."""
+    tables: tuple[type[CurvePoint | LayerStat | ProbeRow], ...] = SAMPLE_POINT_TABLES
+    if "learning_rate" not in fork.changes:
+        tables = (*tables, *PROBE_TABLES)
+    fork_runs = {run.variant: run.id for run in experiment.runs}
+    for run in fork.parent.runs:
         if run.variant not in fork_runs:
             continue
-        for table in SAMPLE_POINT_TABLES:
-            rows = session.scalars(select(table).where(table.run_id == run.id, table.step == step))
+        for table in tables:
+            at_step = (table.run_id == run.id, table.step == fork.step)
+            rows = session.scalars(select(table).where(*at_step))
             session.add_all(_copied(row, fork_runs[run.variant]) for row in rows)
 
 

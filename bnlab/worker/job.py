@@ -65,7 +65,7 @@ from bnlab.sweeps import stack_key
 from bnlab.vocabulary import Queue, Variant
 from bnlab.worker.layer_rows import layer_rows
 from bnlab.worker.lease import LeaseKeeper
-from bnlab.worker.provenance import provenance_of, trained_by
+from bnlab.worker.provenance import provenance_of
 from bnlab.worker.why_rows import why_rows
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,10 @@ class CellRecorder:
         def forget(session: Session) -> None:
             experiment = self._experiment(session)
             queries.drop_curve_after(session, experiment, step)
-            queries.drop_kept_after(session, experiment, step)
+            # Its kept states past `step` stay named: SQL holds only what lease holders wrote,
+            # all trained from the same spec (and parent state) as this job trains, so each is a
+            # state this training reaches; this job names its own in their place as it gets
+            # there (`keep_state`). Forks queued from them meanwhile still start.
             experiment.progress_step = step
 
         self._write(forget)
@@ -262,9 +265,10 @@ class CellRecorder:
 
         def write(session: Session) -> None:
             experiment = self._experiment(session)
-            # Points at this step may be there already: a retried commit whose answer was lost.
+            # Points at this step may be there already: a retried commit whose answer was lost, or
+            # a run started over. Its kept states stay named (see `resume_at`): `keep_state`
+            # replaces the one at this step.
             queries.drop_curve_after(session, experiment, step - 1)
-            queries.drop_kept_after(session, experiment, step - 1)
             if kept is not None:
                 queries.keep_state(session, experiment, step, *kept)
             points = {
@@ -309,6 +313,7 @@ class CellRecorder:
         def cancelled(session: Session) -> str | None:
             experiment = self._experiment(session)
             experiment.status, experiment.finished_at = "cancelled", utc_now()
+            self._end_kept(session, experiment)
             return self._forget_state(experiment)
 
         self._clean_up(self._write(cancelled))
@@ -339,19 +344,13 @@ class CellRecorder:
             experiment = self._experiment(session)
             experiment.status, experiment.error = "failed", reason
             experiment.finished_at = utc_now()
+            self._end_kept(session, experiment)
 
         self._write(failed)
 
     def note_provenance(self, provenance: dict[str, object]) -> None:
-        """What trains it (bnlab/worker/provenance.py), in its row beside what trained it so
-        far (a resumed job): bundles carry it."""
-
-        def note(session: Session) -> None:
-            experiment = self._experiment(session)
-            before, step = experiment.provenance, experiment.progress_step
-            experiment.provenance = trained_by(before, provenance, step)
-
-        self._write(note)
+        """What trains it (bnlab/worker/provenance.py), in its row: bundles carry it."""
+        self._write(lambda session: setattr(self._experiment(session), "provenance", provenance))
 
     def _write(self, work: Callable[[Session], T]) -> T:
         """`work` in one transaction that renews the lease first (or raises LeaseLost),
@@ -375,6 +374,12 @@ class CellRecorder:
         experiment.state_location = experiment.state_sha256 = None
         return location
 
+    @staticmethod
+    def _end_kept(session: Session, experiment: Experiment) -> None:
+        """It ended before the end: states kept past its last point (by a run it started over
+        from) are no longer to be trained again, and have no curve point to fork with."""
+        queries.drop_kept_after(session, experiment, experiment.progress_step)
+
     def _clean_up(self, state: str | None) -> None:
         """After the end (committed): the state, the state at the old path, and every other
         lease's folder (a stale worker's uploads, states resumed from); what this lease's
@@ -389,8 +394,8 @@ class CellRecorder:
                 artifacts.delete_tree(artifacts.locate(self.folder, name))
 
     def _clean_up_kept(self) -> None:
-        """Kept states SQL does not name (a stale worker's, or past a step resumed from) are
-        removed; those it names stay, to fork from."""
+        """Kept states SQL does not name (a stale worker's, one a later run kept in its place, or
+        past where a run ended) are removed; those it names stay, to fork from."""
 
         def named(session: Session) -> set[str]:
             return {kept.location for kept in queries.kept_states(session, self.experiment_id)}
@@ -416,7 +421,9 @@ class CellRecorder:
     ) -> str | None:
         """Returns the state the row named (see `_forget_state`)."""
         experiment = self._experiment(session)
-        curves = queries.curve(session, experiment.id)
+        # A fork's nets crossed 90% where its parent's did, if that was before the fork's step:
+        # with no changes, its results are its parent's.
+        curves = queries.curve_since_start(session, experiment)
         for variant, points in curves.items():
             run = queries.run_of(experiment, variant)
             if variant in test_accuracies:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from bnlab.settings import Settings
 from bnlab.store import queries
-from bnlab.store.tables import Experiment
+from bnlab.store.tables import Experiment, Sharpness
 from tests.api.conftest import add_experiment
 from tests.api.test_experiments import TRAIN, message_args, queued_messages
 
@@ -92,6 +92,30 @@ def test_a_fork_s_curve_starts_with_the_parent_s_point_at_its_step(
             "val_accuracy": [theirs[variant]["val_accuracy"][at]],
             "train_loss": [theirs[variant]["train_loss"][at]],
         }
+
+
+@pytest.mark.parametrize(
+    ("changes", "steps"),
+    [({}, [100]), ({"training_batches": 400}, [100]), ({"learning_rate": 0.05}, [])],
+)
+def test_a_fork_takes_the_parent_s_probe_rows_at_its_step_unless_it_changes_the_learning_rate(
+    client: TestClient, session: Session, changes: dict[str, Any], steps: list[int]
+) -> None:
+    parent_id = parent(session)
+    experiment = session.get(Experiment, parent_id)
+    assert experiment is not None
+    measured = [{"eigenvalue": 3.5, "iterations": 12, "edge": 4.0}]
+    for step in (0, 100, 200):
+        rows = {run.variant: {Sharpness: measured} for run in experiment.runs}
+        queries.add_probe_rows(session, experiment, step, rows)
+    session.commit()
+
+    forked = fork(client, parent_id, 100, **changes).json()
+
+    ours = queries.rows_per_variant(session, forked["id"], Sharpness, Sharpness.step)
+    for variant in ("plain", "bn"):
+        assert [row.step for row in ours[variant]] == steps
+        assert [row.eigenvalue for row in ours[variant]] == [3.5] * len(steps)
 
 
 def test_new_variants_get_no_point_at_the_fork_s_step(client: TestClient, session: Session) -> None:

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load
 
 from tests.service.conftest import SMALL, Service
+from tests.service.test_why import PROBES
 
 pytestmark = pytest.mark.service
 
@@ -121,3 +122,33 @@ def test_a_fork_can_train_longer_and_add_a_variant_from_the_plain_net(
     assert series["layer_norm"]["step"] == [350, 400]  # it starts after the fork's step
     assert set(forked["results"]) == {"plain", "layer_norm"}
     assert forked["results"]["layer_norm"]["test_accuracy"] > 0.5
+
+
+def series_from(series: dict, step: int) -> dict:
+    """A series' per-step columns from `step` on (the others, e.g. step sizes, as they are)."""
+    first, count = series["step"].index(step), len(series["step"])
+    return {
+        name: column[first:] if isinstance(column, list) and len(column) == count else column
+        for name, column in series.items()
+    }
+
+
+def test_a_probed_parent_s_fork_with_no_changes_measures_what_it_did_from_its_step_on(
+    service: Service,
+) -> None:
+    posted = service.client.post("/experiments", json=PARENT | {"probes": PROBES})
+    assert posted.status_code == 202, posted.text
+    parent_id = succeeded(service, posted.json()["id"])["id"]
+    fork_id = succeeded(service, fork(service, parent_id, 100))["id"]
+
+    for what in ("landscape", "sharpness", "ics"):
+        ours = service.client.get(f"/experiments/{fork_id}/{what}").json()["variants"]
+        theirs = service.client.get(f"/experiments/{parent_id}/{what}").json()["variants"]
+        assert ours.keys() == theirs.keys() == {"plain", "bn"}
+        for variant in ours:
+            # ics: a series per weight layer; the others: one per net
+            mine, reference = ours[variant], theirs[variant]
+            if what != "ics":
+                mine, reference = [mine], [reference]
+            assert [s["step"] for s in mine] == [[100, 200, 300]] * len(reference), what
+            assert mine == [series_from(s, 100) for s in reference], (what, variant)

@@ -119,3 +119,38 @@ def test_a_fork_whose_parent_s_kept_state_changed_fails_saying_so(settings: Sett
         f"experiment {parent}'s training state kept at step 40 does not match the sha256 its "
         "row names"
     )
+
+
+def results(settings: Settings, experiment_id: int) -> dict[str, tuple[int | None, int | None]]:
+    """Each net's steps_to_90 and steps_to_95."""
+    with make_sessionmaker(settings.database_url)() as session:
+        experiment = queries.get_experiment(session, experiment_id)
+        assert experiment is not None
+        return {run.variant: (run.steps_to_90, run.steps_to_95) for run in experiment.runs}
+
+
+def test_a_parent_that_starts_over_keeps_its_kept_states_named_for_its_forks(
+    settings: Settings,
+) -> None:
+    [parent] = stored(settings, SPEC)
+    TrainingJob([parent], settings, "worker-a", shutting_down=stopping_from(3)).run()
+    assert sorted(kept(settings, parent)) == [0, 40]
+    fork = forked(settings, parent, 40)
+    # its saved state is gone: it starts over from step 0, and is stopped again at step 20
+    Path(row(settings, parent).state_location or "").unlink()
+    TrainingJob([parent], settings, "worker-b", shutting_down=stopping_from(2)).run()
+    assert row(settings, parent).progress_step == 20
+    named = kept(settings, parent)
+    assert sorted(named) == [0, 40]  # 0 kept again by this job, 40 still the first one's
+    assert Path(named[0]).parent.name == "lease-2" and Path(named[40]).parent.name == "lease-1"
+
+    TrainingJob([fork], settings, "worker-c").run()
+    TrainingJob([parent], settings, "worker-c").run()
+
+    assert row(settings, fork).status == "succeeded", row(settings, fork).error
+    assert row(settings, parent).status == "succeeded"
+    assert sorted(kept(settings, parent)) == [0, 40, 80, 100]
+    reference, continued = weights(settings, parent), weights(settings, fork)
+    for variant, tensors in reference.items():
+        assert all(torch.equal(continued[variant][name], t) for name, t in tensors.items())
+    assert results(settings, fork) == results(settings, parent)
