@@ -65,7 +65,7 @@ from bnlab.sweeps import stack_key
 from bnlab.vocabulary import Queue, Variant
 from bnlab.worker.layer_rows import layer_rows
 from bnlab.worker.lease import LeaseKeeper
-from bnlab.worker.provenance import provenance_of
+from bnlab.worker.provenance import provenance_of, trained_by
 from bnlab.worker.why_rows import why_rows
 
 log = logging.getLogger(__name__)
@@ -349,8 +349,15 @@ class CellRecorder:
         self._write(failed)
 
     def note_provenance(self, provenance: dict[str, object]) -> None:
-        """What trains it (bnlab/worker/provenance.py), in its row: bundles carry it."""
-        self._write(lambda session: setattr(self._experiment(session), "provenance", provenance))
+        """What trains it (bnlab/worker/provenance.py), in its row beside what trained it so
+        far (a resumed job): bundles carry it."""
+
+        def note(session: Session) -> None:
+            experiment = self._experiment(session)
+            before, step = experiment.provenance, experiment.progress_step
+            experiment.provenance = trained_by(before, provenance, step)
+
+        self._write(note)
 
     def _write(self, work: Callable[[Session], T]) -> T:
         """`work` in one transaction that renews the lease first (or raises LeaseLost),
