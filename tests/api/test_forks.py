@@ -158,6 +158,20 @@ def test_a_step_not_kept_is_409_naming_the_nearest_kept_steps(
     assert "nearest kept steps are 0, 100, 200" in detail
 
 
+def test_a_fork_at_its_first_step_is_409_saying_to_fork_its_parent_there(
+    client: TestClient, session: Session
+) -> None:
+    parent_id = parent(session)
+    forked = fork(client, parent_id, 100, learning_rate=0.5).json()
+
+    response = fork(client, forked["id"], 100)
+
+    assert response.status_code == 409
+    detail = response.json()["detail"]
+    assert f"experiment {forked['id']} is a fork of experiment {parent_id} at step 100" in detail
+    assert f"fork experiment {parent_id} at step 100 instead" in detail
+
+
 def test_a_step_the_parent_has_not_reached_is_409(client: TestClient, session: Session) -> None:
     running = parent(session, status="running", at=100, training_batches=400)
     response = fork(client, running, 200)

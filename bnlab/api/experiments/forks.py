@@ -42,9 +42,10 @@ class ForkRequest(BaseModel):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"step": 1000, "changes": {"learning_rate": 0.5}},
-                {"step": 5000, "changes": {"training_batches": 100_000}},
-                {"step": 1000, "changes": {}},
+                # steps the default cadence keeps: every 10th sample point of 500 batches
+                {"step": 5000, "changes": {"learning_rate": 0.5}},
+                {"step": 10_000, "changes": {"training_batches": 100_000}},
+                {"step": 5000, "changes": {}},
             ]
         },
     )
@@ -128,6 +129,13 @@ def _check_step(session: Session, parent: Experiment, step: int) -> None:
         raise Conflict(
             f"experiment {parent.id} ended at step {parent.progress_step} ({parent.status}); "
             f"it never reached step {step}{f': {steps}' if steps else ''}"
+        )
+    if step == parent.fork_step and parent.parent_id is not None:
+        # Its first point is its parent's, copied; so is the state it started from.
+        raise Conflict(
+            f"experiment {parent.id} is a fork of experiment {parent.parent_id} at step {step}, "
+            f"and keeps no state of its own there: fork experiment {parent.parent_id} at step "
+            f"{step} instead, with this fork's changes and yours"
         )
     every = parent.spec.get("keep_states_every")
     cadence = f" (keep_states_every: {every}, and the last)" if every else ""
