@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sqlalchemy.orm import Session
 
 from bnlab.settings import Settings
 from bnlab.spec import ExperimentSpec
@@ -15,6 +16,7 @@ from bnlab.store.db import make_sessionmaker
 from bnlab.store.queries import Lineage
 from bnlab.worker.job import TrainingJob
 from tests.worker.test_training_job import (
+    at_sample_point,
     files,
     folder,
     row,
@@ -154,3 +156,24 @@ def test_a_parent_that_starts_over_keeps_its_kept_states_named_for_its_forks(
     for variant, tensors in reference.items():
         assert all(torch.equal(continued[variant][name], t) for name, t in tensors.items())
     assert results(settings, fork) == results(settings, parent)
+
+
+def test_a_run_cancelled_after_it_started_over_keeps_no_state_past_its_last_point(
+    settings: Settings,
+) -> None:
+    [parent] = stored(settings, SPEC)
+    TrainingJob([parent], settings, "worker-a", shutting_down=stopping_from(3)).run()
+    Path(row(settings, parent).state_location or "").unlink()
+
+    def cancel(session: Session) -> None:
+        assert queries.cancel_experiment(session, parent)
+
+    TrainingJob(
+        [parent], settings, "worker-b", shutting_down=at_sample_point(settings, 1, cancel)
+    ).run()
+
+    assert row(settings, parent).status == "cancelled"
+    assert row(settings, parent).progress_step < 40
+    # 40 will not be trained again: no state there to fork from, none left behind
+    assert sorted(kept(settings, parent)) == [0]
+    assert files(settings, parent) == ["kept/lease-2/training-state-0.safetensors"]
