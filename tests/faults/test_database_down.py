@@ -7,6 +7,7 @@ that accepts connections but never answers (a hung host) costs a request the con
 not the operating system's TCP timeout.
 """
 
+import functools
 import json
 import socket
 import threading
@@ -131,11 +132,29 @@ def ask(service: Service, operation: Operation, ids: dict[str, int]) -> httpx.Re
         return service.client.get(path, params=query)
     if method == "PATCH":
         return service.client.patch(path, json={"tags": ["outage"]})
-    bodies = {"/experiments": TINY, "/sweeps": sweep_body()}
+    if template == "/experiments/import":
+        return service.client.post(path, files={"bundle": ("b.zip", bundle_of(service, ids))})
+    bodies = {
+        "/experiments": TINY,
+        "/sweeps": sweep_body(),
+        "/experiments/{experiment_id}/fork": {"step": 0, "changes": {}},
+    }
     if method == "POST" and template in bodies:
         return service.client.post(path, json=bodies[template])
     # An event stream of a finished row ends by itself: the answer is read to its end.
     return service.client.request(method, path)
+
+
+@functools.cache
+def _bundle(client: httpx.Client, experiment_id: int) -> bytes:
+    response = client.get(f"/experiments/{experiment_id}/bundle")
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+def bundle_of(service: Service, ids: dict[str, int]) -> bytes:
+    """The succeeded experiment's bundle, fetched once, before the outage."""
+    return _bundle(service.client, ids["experiment_id"])
 
 
 def next_event(lines: Iterator[str]) -> tuple[str, Any]:
