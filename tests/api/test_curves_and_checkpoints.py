@@ -14,6 +14,7 @@ from bnlab.api.core.plotting import curve_png, title
 from bnlab.api.experiments.schemas import Series
 from bnlab.store import queries
 from bnlab.store.tables import CurvePoint, Experiment
+from bnlab.vocabulary import VARIANTS
 from tests.api.conftest import add_checkpoints, add_experiment, tamper
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -161,5 +162,7 @@ def test_checkpoint_variant_must_be_one_of_the_variants(
     experiment = add_experiment(session, status="succeeded")
     response = client.get(f"/experiments/{experiment.id}/checkpoints/relu")
     assert response.status_code == 422
-    valid = "'plain', 'bn', 'bn_after', 'layer_norm' or 'group_norm'"
+    *first, last = (repr(variant) for variant in VARIANTS)
+    valid = f"{', '.join(first)} or {last}"  # every variant, bn_noisy included
+    assert "'bn_noisy'" in valid
     assert valid in response.json()["detail"][0]["msg"]
