@@ -103,8 +103,11 @@ def test_every_variant_is_offered_drawn_with_a_legend_entry_and_a_diverged_net_i
     expect(checked.locator("table")).to_be_visible(timeout=120_000)
     for variant in VARIANTS:
         rows = checked.locator(f"tbody[data-variant={variant}] tr")
+        if variant in diverged:  # its weights are not finite: it has no answers to show
+            expect(rows).to_have_count(0)
+            continue
         expect(rows).to_have_count(2 if variant in BATCH_DEPENDENT else 1)
-        if variant in BATCH_DEPENDENT and variant not in diverged:
+        if variant in BATCH_DEPENDENT:
             expect(rows.nth(1)).to_contain_text("every image:")  # the collapse
 
     # The list: a test-accuracy column per variant.
