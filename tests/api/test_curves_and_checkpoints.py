@@ -110,6 +110,8 @@ def test_the_plot_title_names_the_spec() -> None:
     assert title(spec) == "mnist, sigmoid, lr 1.0, bad init, 2,000 batches"
     assert "good init" in title(spec | {"use_bad_weights": False})
     assert "init std 0.5" in title(spec | {"use_bad_weights": False, "weight_std": 0.5})
+    rnn = spec | {"net": "rnn", "rnn_hidden": 64, "sequence": "pixels"}
+    assert title(rnn) == "mnist, LSTM 64 by pixels, lr 1.0, bad init, 2,000 batches"
 
 
 def test_a_checkpoint_downloads_as_a_safetensors_file(

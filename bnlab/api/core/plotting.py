@@ -61,7 +61,13 @@ def title(spec: dict[str, Any]) -> str:
         init = "bad init" if spec.get("use_bad_weights") else "good init"
     batches = spec.get("training_batches")
     length = f"{batches:,} batches" if isinstance(batches, int) else f"{batches} batches"
+    # an rnn's LSTM has its own nonlinearities: the MLP's activation does not apply to it
+    net = (
+        f"LSTM {spec.get('rnn_hidden', 100)} by {spec.get('sequence', 'rows')}"
+        if spec.get("net") == "rnn"
+        else spec.get("activation", "?")
+    )
     return (
-        f"{spec.get('dataset', 'mnist')}, {spec.get('activation', '?')}, "
+        f"{spec.get('dataset', 'mnist')}, {net}, "
         f"lr {spec.get('learning_rate', '?')}, {init}, {length}"
     )
