@@ -185,6 +185,12 @@ class Experiment(Annotatable, Base):
         order_by="Run.variant",
     )
 
+    @property
+    def variants(self) -> list[Variant]:
+        """The variants it trains (a run each from the start), in the vocabulary's order."""
+        runs = {run.variant for run in self.runs}
+        return [variant for variant in VARIANTS if variant in runs]
+
 
 class Run(Base):
     __tablename__ = "runs"

@@ -20,7 +20,7 @@ from bnlab.api.predict.serving import LoadedNet, ServedNets
 from bnlab.models.data import DataUnavailable, Splits, load_splits
 from bnlab.settings import Settings
 from bnlab.store.tables import Experiment
-from bnlab.vocabulary import BATCH_DEPENDENT, VARIANTS, Variant
+from bnlab.vocabulary import BATCH_DEPENDENT, Variant
 
 # What a 503 for a full pool asks a client to wait: a demo on the study's net takes seconds.
 BUSY_RETRY_SECONDS = 5
@@ -49,12 +49,6 @@ class ComputeSlots:
             self._free.release()
 
 
-def trained_variants(experiment: Experiment) -> list[Variant]:
-    """The variants an experiment trains, in the vocabulary's order."""
-    runs = {run.variant for run in experiment.runs}
-    return [variant for variant in VARIANTS if variant in runs]
-
-
 def require_trained(experiment: Experiment, variant: Variant, what: str, needs_bn: bool) -> None:
     """A `Conflict` unless `what` can run: a net the experiment trained (with BN where `what`
     `needs_bn`), of an experiment that has succeeded."""
@@ -63,7 +57,7 @@ def require_trained(experiment: Experiment, variant: Variant, what: str, needs_b
             f"{what} needs BN, and the {variant} net has none (its population and batch modes "
             "are the same net): use variant=bn (or bn_after)",
         )
-    trained = trained_variants(experiment)
+    trained = experiment.variants
     if variant not in trained:
         raise Conflict(
             f"experiment {experiment.id} trained no {variant} net: use variant= one of "
@@ -99,7 +93,7 @@ class StudyNet:
             variant: self.nets.loaded(
                 self.experiment.id, variant, self.version if variant == self.variant else None
             )
-            for variant in trained_variants(self.experiment)
+            for variant in self.experiment.variants
             if variant == self.variant or variant not in diverged
         }
 

@@ -80,7 +80,7 @@ def _row(
     cells: list[Experiment], columns: list[str], tolerance: float, measured: Probed
 ) -> ReportRow:
     done = [cell for cell in cells if cell.status == "succeeded"]
-    trained = trained_variants(cells[0])  # the cells of a row differ in their seed only
+    trained = cells[0].variants  # the cells of a row differ in their seed only
     summaries = {v: summarize([run_of(cell, v) for cell in done]) for v in trained}
     against = "plain" if "plain" in summaries else trained[0]
     comparisons = {
@@ -130,11 +130,6 @@ def _plain_over_bn(why: dict[Variant, WhyNumbers], name: str) -> float | None:
 
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
-
-
-def trained_variants(experiment: Experiment) -> list[Variant]:
-    asked = experiment.spec.get("variants", STUDY_VARIANTS)
-    return [variant for variant in VARIANTS if variant in asked]
 
 
 def _comparison(
