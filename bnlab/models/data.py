@@ -2,7 +2,8 @@
 
 The last `validation_size` training images are held out for the accuracy curve; the 10,000 test
 images give the final accuracy. Images stay uint8 in memory and become floats in [0, 1] only
-when a batch is drawn, exactly as at inference (`to_inputs`).
+when a batch is drawn, exactly as at inference (`to_inputs`); a trainer keeps the validation
+images as floats, converted once (`Split.as_inputs`).
 """
 
 import os
@@ -29,7 +30,7 @@ class DataUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Split:
-    images: Tensor  # uint8, (N, 28, 28)
+    images: Tensor  # uint8, (N, 28, 28); or `as_inputs`' floats
     labels: Tensor  # int64, (N,)
 
     def __len__(self) -> int:
@@ -37,6 +38,11 @@ class Split:
 
     def to(self, device: torch.device) -> "Split":
         return Split(self.images.to(device), self.labels.to(device))
+
+    def as_inputs(self) -> "Split":
+        """The split with its images already the floats nets take (`to_inputs`), for one that
+        is read many times: the validation images, at every sample point of every net."""
+        return Split(to_inputs(self.images), self.labels)
 
 
 @dataclass(frozen=True)

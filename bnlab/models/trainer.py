@@ -371,7 +371,8 @@ class Trainer:
 
     def __init__(self, lanes: Sequence[Lane], validation: Split, spec: TrainingSpec) -> None:
         self.lanes = list(lanes)  # one per variant
-        self.validation = validation
+        # Converted once, not by every net at every sample point (the same floats either way).
+        self.validation = validation.as_inputs()
         self.spec = spec  # the schedule the cells share
         self.step = 0
 

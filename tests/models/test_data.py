@@ -56,6 +56,13 @@ def test_pixels_are_scaled_to_zero_one() -> None:
     assert images.tolist() == [[0, 51, 255]]  # the uint8 images are left as they were
 
 
+def test_a_split_as_inputs_holds_the_floats_each_batch_would_get(splits: Splits) -> None:
+    floats = splits.validation.as_inputs()
+    assert floats.labels is splits.validation.labels
+    for chunk in (slice(0, 60), slice(60, 199), slice(199, None)):
+        assert torch.equal(floats.images[chunk], to_inputs(splits.validation.images[chunk]))
+
+
 def test_loading_twice_does_not_read_the_files_again(idx_data_dir: Path, splits: Splits) -> None:
     again = load_splits("mnist", idx_data_dir, download=False, validation_size=VALIDATION_SIZE)
     assert again.train.images.data_ptr() == splits.train.images.data_ptr()

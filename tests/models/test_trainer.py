@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from bnlab.models.batchnorm import BNImpl
 from bnlab.models.checkpoint import load_state, save_state
 from bnlab.models.data import Splits
+from bnlab.models.inference import accuracy
 from bnlab.models.network import Architecture
 from bnlab.models.trainer import Sample, Trainer, TrainingSpec
 from bnlab.vocabulary import STUDY_VARIANTS
-from tests.models.conftest import LONE, lone_trainer
+from tests.models.conftest import LONE, lone_trainer, stack_of_one
 
 ARCH = Architecture()
 SHORT = TrainingSpec(learning_rate=0.5, training_batches=60, batches_per_sample=20)
@@ -48,6 +50,29 @@ def test_same_spec_and_seed_give_bit_identical_curves_and_weights(splits: Splits
     assert [s.step for s in first_curve] == [0, 20, 40, 60]
     assert first_curve == second_curve
     assert_same_nets(first, second)
+
+
+@pytest.mark.parametrize("bn_impl", ["bnlab", "torch"])
+def test_the_sample_interval_does_not_change_the_training(splits: Splits, bn_impl: BNImpl) -> None:
+    # A lane trains a sample interval at a time (the written-out step: in one call); sampled at
+    # every step, the nets must come out bit-identical to sampling once at the end.
+    every_step = TrainingSpec(**{**SHORT.__dict__, "batches_per_sample": 1})
+    once = TrainingSpec(**{**SHORT.__dict__, "batches_per_sample": SHORT.training_batches})
+    first, second = (
+        lone_trainer(ARCH, spec, splits, bn_impl=bn_impl) for spec in (every_step, once)
+    )
+    run(first), run(second)
+    assert_same_nets(first, second)
+
+
+def test_sampled_accuracy_is_the_nets_accuracy_on_the_validation_images(splits: Splits) -> None:
+    # The trainer converts the validation images to floats once; a net reads them as the
+    # uint8 images served and tested are read.
+    trainer = lone_trainer(ARCH, SHORT, splits)
+    last = run(trainer)[-1].cells[LONE].nets
+    for variant in STUDY_VARIANTS:
+        net = stack_of_one(trainer, variant).eval()
+        assert accuracy(net, splits.validation, "population") == [last[variant].val_accuracy]
 
 
 def test_another_seed_gives_another_curve(splits: Splits) -> None:
