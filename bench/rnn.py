@@ -6,9 +6,11 @@ BN-LSTM (Cooijmans et al. 2016) written the obvious way, a step loop with an `nn
 per step for each normalized term; for `layer_norm` the same loop with `nn.LayerNorm`. Same
 shapes (hidden 100, batch 60, 28 rows of 28 pixels, or 784 pixels with --sequence pixels),
 steps, sampling, `torch.optim.SGD` and a random index per batch. Each figure is the fastest of
-`--repeats` runs, the loop and the lane taking turns.
+`--repeats` runs, the loop and the lane taking turns. With --train-only, the training steps alone:
+`Lane.train` after a few steps of warm-up against the loop's steps without its sampling.
 
     python bench/rnn.py --data-dir /tmp/fdata --steps 300
+    python bench/rnn.py --data-dir /tmp/fdata --steps 40 --train-only --threads 1
 
 The data dir must hold FashionMNIST/raw (see bench/engine.py).
 """
@@ -30,6 +32,7 @@ from bnlab.vocabulary import RNN_VARIANTS, SequenceOrder, Variant
 
 CPU = torch.device("cpu")
 HIDDEN = 100
+WARM_UP = 5  # steps before a train-only lane's timing starts
 
 
 class TorchLSTM(nn.Module):
@@ -104,6 +107,18 @@ def trainer_run(
     return time.perf_counter() - start
 
 
+def lane_steps(
+    splits: Splits, variant: Variant, sequence: SequenceOrder, spec: TrainingSpec
+) -> float:
+    """Seconds for the lane's `spec.training_batches` training steps alone, after WARM_UP."""
+    arch = Architecture("tanh", (), rnn_hidden=HIDDEN, sequence=sequence)
+    [lane] = build_trainer(arch, [Cell("cell", spec)], splits, CPU, variants=[variant]).lanes
+    lane.train(0, WARM_UP)
+    start = time.perf_counter()
+    lane.train(WARM_UP, WARM_UP + spec.training_batches)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
@@ -115,24 +130,30 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch's intra-op threads (0: torch's default)"
     )
+    parser.add_argument(
+        "--train-only", action="store_true", help="time the training steps alone, no sampling"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     # validation_size: the trainer and the loop sample the same 5,000 images
     splits = load_splits(args.dataset, args.data_dir, download=False)
-    spec = TrainingSpec(training_batches=args.steps, batches_per_sample=args.sample_every)
+    # train-only: the loop samples every `batches_per_sample` steps, so never
+    every = args.steps + 1 if args.train_only else args.sample_every
+    spec = TrainingSpec(training_batches=args.steps, batches_per_sample=every)
     warm_up = TrainingSpec(training_batches=10, batches_per_sample=10)
+    lane_run = lane_steps if args.train_only else trainer_run
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps, "
-        f"{args.sequence}"
+        f"{args.sequence}{', training steps alone' if args.train_only else ''}"
     )
     for variant in RNN_VARIANTS:
         user_loop(splits, variant, args.sequence, warm_up)
-        trainer_run(splits, variant, args.sequence, warm_up)
+        lane_run(splits, variant, args.sequence, warm_up)
         loop, lane = float("inf"), float("inf")
         for _ in range(args.repeats):
             loop = min(loop, user_loop(splits, variant, args.sequence, spec))
-            lane = min(lane, trainer_run(splits, variant, args.sequence, spec))
+            lane = min(lane, lane_run(splits, variant, args.sequence, spec))
         print(
             f"{variant:>10}: user loop {args.steps / loop:6.1f} steps/s, "
             f"bnlab lane {args.steps / lane:6.1f} steps/s: {loop / lane:.2f}x"
