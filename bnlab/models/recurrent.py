@@ -56,7 +56,7 @@ INFERENCE_CHUNK = 128
 class StepBatchNorm(nn.Module):
     """BN over the batch with statistics per time step, for `nets` stacked nets.
 
-    `forward` takes (step, net, batch, feature) for consecutive steps from `first_step`, all
+    `forward` takes (batch, step, net, feature) for consecutive steps from `first_step`, all
     of them at once for the input term; `step` one step's (net, batch, feature) inside the
     recurrence.
     """
@@ -74,13 +74,12 @@ class StepBatchNorm(nn.Module):
         self.register_buffer("steps_trained", torch.tensor(0, dtype=torch.long))
 
     def forward(self, x: Tensor, first_step: int, mode: BNMode) -> Tensor:
-        """(step, net, batch, feature) for the steps from `first_step`: the input term."""
-        steps, nets, batch, features = x.shape
+        """(batch, step, net, feature) for the steps from `first_step`: the input term."""
+        batch, steps = x.shape[:2]
         gamma = self.gamma.expand(steps, -1, -1, -1).reshape(-1)
         beta = None if self.beta is None else self.beta.expand(steps, -1, -1, -1).reshape(-1)
-        flat = x.permute(2, 0, 1, 3).reshape(batch, -1)
-        y = self._normalize(flat, gamma, beta, first_step, first_step + steps, mode)
-        return y.view(batch, steps, nets, features).permute(1, 2, 0, 3)
+        y = self._normalize(x.reshape(batch, -1), gamma, beta, first_step, first_step + steps, mode)
+        return y.view(x.shape)
 
     def step(self, x: Tensor, step: int, mode: BNMode) -> Tensor:
         """(net, batch, feature) at `step`: a term inside the recurrence, with the fewest ops
@@ -139,7 +138,8 @@ class StepBatchNorm(nn.Module):
 
 
 class StepLayerNorm(nn.Module):
-    """LayerNorm over the features of each example: the same at every step and in every mode."""
+    """LayerNorm over the features of each example: the same at every step and in every mode.
+    Takes what `StepBatchNorm` takes."""
 
     def __init__(self, nets: int, features: int, beta: bool) -> None:
         super().__init__()
@@ -147,17 +147,20 @@ class StepLayerNorm(nn.Module):
         self.beta = nn.Parameter(torch.zeros(nets, 1, features)) if beta else None
 
     def forward(self, x: Tensor, first_step: int, mode: BNMode) -> Tensor:
-        """(step, net, batch, feature), as `StepBatchNorm`'s; or any (..., net, batch, feature)."""
-        if self.gamma.shape[0] == 1:  # a lone net: gamma and beta inside the kernel, one op
-            beta = None if self.beta is None else self.beta.view(-1)
-            return F.layer_norm(x, x.shape[-1:], self.gamma.view(-1), beta, EPSILON)
-        y = F.layer_norm(x, x.shape[-1:], eps=EPSILON)
-        return y * self.gamma if self.beta is None else torch.addcmul(self.beta, y, self.gamma)
+        """(batch, step, net, feature): gamma and beta (net, feature) per net."""
+        beta = None if self.beta is None else self.beta.squeeze(1)
+        return self._normalize(x, self.gamma.squeeze(1), beta)
 
     def step(self, x: Tensor, step: int, mode: BNMode) -> Tensor:
-        """(net, batch, feature) at `step`, as `StepBatchNorm.step`'s."""
-        y: Tensor = self(x, step, mode)
-        return y
+        """(net, batch, feature): gamma and beta (net, 1, feature) per net."""
+        return self._normalize(x, self.gamma, self.beta)
+
+    def _normalize(self, x: Tensor, gamma: Tensor, beta: Tensor | None) -> Tensor:
+        if len(self.gamma) == 1:  # a lone net: gamma and beta inside the kernel, one op
+            flat_beta = None if beta is None else beta.reshape(-1)
+            return F.layer_norm(x, x.shape[-1:], gamma.reshape(-1), flat_beta, EPSILON)
+        y = F.layer_norm(x, x.shape[-1:], eps=EPSILON)
+        return y * gamma if beta is None else torch.addcmul(beta, y, gamma)
 
 
 # The normalized terms: input-to-hidden, hidden-to-hidden (no beta: b), cell state.
@@ -242,17 +245,18 @@ class LSTMStack(Stack):
         """The last hidden states (net, batch, H), step by step: the formula as written."""
         batch, steps, inputs = sequence.shape
         w_x, w_h = self.weights[0].split([inputs, self.hidden], dim=2)
-        # Every step's input term in one GEMM over the nets' weights side by side, seen as
-        # (step, net, batch, gate) without a copy; each step's a view of it (not an index: its
+        # Every step's input term in one GEMM over the nets' weights side by side, normalized
+        # in its layout (batch, step, net, gate): a copy to another costs as much as the GEMM,
+        # and as much again in the backward. Each step's is a view of it (not an index: its
         # backward would write a zero tensor of all steps per step).
         z_x = F.linear(sequence.reshape(batch * steps, inputs), w_x.reshape(-1, inputs))
-        z_x = z_x.view(batch, steps, self.size, -1).permute(1, 2, 0, 3)
-        z_x = self._norm("x", z_x, 0, mode) + self.bias
+        z_x = z_x.view(batch, steps, self.size, -1)
+        z_x = self._norm("x", z_x, 0, mode) + self.bias.squeeze(1)
         w_h = w_h.transpose(1, 2)
         h = c = z_x.new_zeros(self.size, batch, self.hidden)
         cell_inputs = []
-        for t, z_x_t in enumerate(z_x.unbind()):
-            z = z_x_t + self._step_norm("h", _matmul(h, w_h), t, mode)
+        for t, z_x_t in enumerate(z_x.unbind(1)):
+            z = z_x_t.transpose(0, 1) + self._step_norm("h", _matmul(h, w_h), t, mode)
             i, f, g, o = z.chunk(4, dim=2)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(self._step_norm("c", c, t, mode))
