@@ -25,6 +25,7 @@ from sqlalchemy import create_engine, text
 
 from bnlab.models.data import load_splits
 from bnlab.models.trainer import Cell, build_trainer
+from bnlab.settings import get_settings
 from bnlab.spec import ExperimentSpec
 
 POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432"
@@ -33,7 +34,9 @@ POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 def engine_seconds(spec: ExperimentSpec, data_dir: Path) -> float:
     splits = load_splits(spec.dataset, data_dir, False, spec.validation_size)
     cells = [Cell("pair", spec.training())]
-    trainer = build_trainer(spec.architecture(), cells, splits, torch.device("cpu"))
+    # The BN kernel the worker trains with (its settings, from the same environment).
+    bn_impl = get_settings().bn_impl
+    trainer = build_trainer(spec.architecture(), cells, splits, torch.device("cpu"), bn_impl)
     start = time.perf_counter()
     trainer.run(lambda sample: None)
     return time.perf_counter() - start

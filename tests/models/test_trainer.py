@@ -65,14 +65,18 @@ def test_the_sample_interval_does_not_change_the_training(splits: Splits, bn_imp
     assert_same_nets(first, second)
 
 
-def test_sampled_accuracy_is_the_nets_accuracy_on_the_validation_images(splits: Splits) -> None:
-    # The trainer converts the validation images to floats once; a net reads them as the
-    # uint8 images served and tested are read.
+def test_sampled_and_test_accuracies_are_the_nets_own_on_the_uint8_images(splits: Splits) -> None:
+    # The trainer converts validation and test images to floats once and measures in its lane
+    # threads; a net must read them as the uint8 images served and tested are read.
     trainer = lone_trainer(ARCH, SHORT, splits)
     last = run(trainer)[-1].cells[LONE].nets
+    tested = trainer.test_accuracies(splits.test)[LONE]
     for variant in STUDY_VARIANTS:
         net = stack_of_one(trainer, variant).eval()
         assert accuracy(net, splits.validation, "population") == [last[variant].val_accuracy]
+        population = accuracy(net, splits.test, "population")[0]
+        batch = accuracy(net, splits.test, "batch", SHORT.batch_size)[0]
+        assert tested[variant] == (population, batch)
 
 
 def test_another_seed_gives_another_curve(splits: Splits) -> None:
