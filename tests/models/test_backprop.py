@@ -121,7 +121,7 @@ def test_every_written_out_step_of_a_new_variant_is_autograds(
         images, labels = splits.train.images[indices], splits.train.labels[indices]
         before = [single.net_state(0) for single in step.singles]
         keep_grads = t % 2 == 1  # both ways of updating the weights
-        losses = step(images, labels, keep_grads)
+        losses = step.train(splits.train.images, splits.train.labels, indices[None], keep_grads)[0]
         for single, state, rate, loss in zip(step.singles, before, RATES, losses, strict=True):
             reference = NetStack.from_net_states(arch, variant, [state], "torch").train()
             reference_loss, grads = autograd_step(reference, images, labels, rate)
