@@ -37,7 +37,7 @@ LSTM: the input of its cell nonlinearity :math:`\tanh(g)` over every step, so `t
 saturation is what the dead fraction counts.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -252,11 +252,11 @@ class LSTMStack(Stack):
         z_x = F.linear(sequence.reshape(batch * steps, inputs), w_x.reshape(-1, inputs))
         z_x = z_x.view(batch, steps, self.size, -1)
         z_x = self._norm("x", z_x, 0, mode) + self.bias.squeeze(1)
-        w_h = w_h.transpose(1, 2)
+        recurrent_term = _per_net_matmul(w_h.transpose(1, 2))
         h = c = z_x.new_zeros(self.size, batch, self.hidden)
         cell_inputs = []
         for t, z_x_t in enumerate(z_x.unbind(1)):
-            z = z_x_t.transpose(0, 1) + self._step_norm("h", _matmul(h, w_h), t, mode)
+            z = z_x_t.transpose(0, 1) + self._step_norm("h", recurrent_term(h), t, mode)
             i, f, g, o = z.chunk(4, dim=2)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(self._step_norm("c", c, t, mode))
@@ -297,8 +297,11 @@ class LSTMStack(Stack):
         return tensors
 
 
-def _matmul(h: Tensor, weight_t: Tensor) -> Tensor:
-    """(net, batch, in) @ (net, in, out); a lone net as a plain GEMM, faster than a bmm of one."""
-    if h.shape[0] == 1:
-        return (h[0] @ weight_t[0]).unsqueeze(0)
-    return torch.bmm(h, weight_t)
+def _per_net_matmul(weight_t: Tensor) -> Callable[[Tensor], Tensor]:
+    """x (net, batch, in) -> x @ `weight_t` (net, in, out) per net. A lone net's as a plain GEMM,
+    faster than a bmm of one, through squeezes: the backward of an index (`x[0]`) would
+    allocate a zero gradient of its whole input at every step."""
+    if weight_t.shape[0] == 1:
+        weight = weight_t.squeeze(0)
+        return lambda x: (x.squeeze(0) @ weight).unsqueeze(0)
+    return lambda x: torch.bmm(x, weight_t)
