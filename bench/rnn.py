@@ -116,7 +116,10 @@ def lane_steps(
     lane.train(0, WARM_UP)
     start = time.perf_counter()
     lane.train(WARM_UP, WARM_UP + spec.training_batches)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    if lane.diverged_at:  # a diverged net stops stepping: what was timed is not its steps
+        raise RuntimeError(f"the {variant} lane's net diverged at step {lane.diverged_at}")
+    return elapsed
 
 
 def main() -> None:
