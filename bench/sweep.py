@@ -94,28 +94,27 @@ def sgemm_gflops(m: int, k: int, n: int, lanes: int = LANES, seconds: float = 1.
     the intra-op threads a lane gets (trainer.py's `_threads_per_lane`)."""
     threads = max(1, (os.cpu_count() or 1) // lanes)
 
-    def run() -> int:
+    def run() -> float:
+        """This thread's GEMMs per second, timed from after its warm-up call (thread start,
+        allocation and the first call's packing are not the kernel's rate)."""
         torch.set_num_threads(threads)
         a, b = torch.randn(m, k), torch.randn(k, n)
         out = torch.empty(m, n)
         torch.mm(a, b, out=out)  # warm
-        calls, end = 0, time.perf_counter() + seconds
-        while time.perf_counter() < end:
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() < start + seconds:
             torch.mm(a, b, out=out)
             calls += 1
-        return calls
+        return calls / (time.perf_counter() - start)
 
     with ThreadPoolExecutor(lanes) as pool:
-        start = time.perf_counter()
-        calls = sum(pool.map(lambda _: run(), range(lanes)))
-        elapsed = time.perf_counter() - start
-    return 2 * m * k * n * calls / elapsed / 1e9
+        calls_per_second = sum(pool.map(lambda _: run(), range(lanes)))
+    return 2 * m * k * n * calls_per_second / 1e9
 
 
 def arithmetic_lines(network_steps_per_second: float) -> list[str]:
-    """The grid's achieved GFLOP/s against sgemm's on the same threads, measured now. The peak
-    is the fastest of the three: on the AMD EPYC of bench/RESULTS.md MKL ran the large square
-    sgemm slower (121 GFLOP/s) than the small ones (169)."""
+    """The grid's achieved GFLOP/s against sgemm's on the same threads, measured now; the peak
+    is the fastest of the three shapes (MKL's rate depends on the shape)."""
     flops = step_flops(Architecture(), 60)
     achieved = network_steps_per_second * flops / 1e9
     shapes = {"2048^3": (2048, 2048, 2048), "60x784 by 784x600": (60, 784, 600)}

@@ -96,7 +96,8 @@ def applies(stack: Stack) -> TypeGuard[NetStack]:
 
 
 class WrittenOutStep:
-    """`step(images, labels)` trains every net of `stack` one batch and returns each net's loss.
+    """`train(images, labels, indices)` trains every net of `stack` on one sample interval's
+    batches and returns each net's loss at every step.
 
     Each net trains as a stack of one of its own (`singles`): its own tensors, stepped by the
     same calls on the same shapes as a lone net's, so its numbers do not depend on the nets

@@ -41,7 +41,10 @@ class Split:
 
     def as_inputs(self) -> "Split":
         """The split with its images already the floats nets take (`to_inputs`), for one that
-        is read many times: the validation images, at every sample point of every net."""
+        is read many times: the validation images, at every sample point of every net. A split
+        whose images are floats already is returned as it is."""
+        if self.images.is_floating_point():
+            return self
         return Split(to_inputs(self.images), self.labels)
 
 

@@ -12,9 +12,10 @@ every cell's net of one variant, stepped by one thread; the lanes run in paralle
 cores, and meet at every sample point.
 
 Plain SGD: each net's loss is weighted by its own learning rate and torch's SGD steps with lr 1,
-the same update with one optimizer for a whole stack. MLPs of every variant but `bn_noisy`, with
-torch's BN kernel (the default), take that step written out (`backprop`), a whole sample interval
-in one call: the same numbers, without autograd's bookkeeping.
+the same update with one optimizer for a whole stack. On the CPU, MLPs of every variant but
+`bn_noisy` take that step written out (`backprop`; where they have BN, with torch's BN kernel, the
+worker's setting), a sample interval in one call: the same numbers, without autograd's
+bookkeeping.
 
 Every `batches_per_sample` steps (and at step 0, before any training) the trainer reports each
 net's validation accuracy with population statistics and its mean training loss since the last
@@ -121,6 +122,10 @@ TrainingState = tuple[dict[str, Tensor], dict[str, object]]
 
 TrainerEnd = Literal["finished", "cancelled"]
 
+# A written-out lane's steps per call (see `Lane`): the study's whole interval of 500, a few
+# megabytes of batch indices at most.
+STEPS_PER_CALL = 1000
+
 
 @dataclass(frozen=True)
 class Net:
@@ -198,11 +203,15 @@ class Lane:
     def _train_written_out(self, first_step: int, end_step: int) -> Tensor:
         """The interval's steps in one call of the written-out step (see `backprop`)."""
         assert self._written_out is not None
-        indices = torch.stack([self.order.indices(step) for step in range(first_step, end_step)])
-        split = self.train_split
-        losses = self._written_out.train(split.images, split.labels, indices)
+        split, chunks = self.train_split, []
+        # In chunks: an interval's indices at once could be gigabytes (1,000,000 batches of 4096)
+        for start in range(first_step, end_step, STEPS_PER_CALL):
+            steps = range(start, min(start + STEPS_PER_CALL, end_step))
+            indices = torch.stack([self.order.indices(step) for step in steps])
+            last = steps[-1] == end_step - 1  # its weight gradients stay for the probes
+            chunks.append(self._written_out.train(split.images, split.labels, indices, last))
         self._written_out.sync()
-        return losses
+        return torch.cat(chunks)
 
     def _train_step(self, step: int) -> Tensor:
         inputs = (self.order.indices(step), *self._noise(step))

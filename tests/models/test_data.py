@@ -61,6 +61,8 @@ def test_a_split_as_inputs_holds_the_floats_each_batch_would_get(splits: Splits)
     assert floats.labels is splits.validation.labels
     for chunk in (slice(0, 60), slice(60, 199), slice(199, None)):
         assert torch.equal(floats.images[chunk], to_inputs(splits.validation.images[chunk]))
+    # asked again (a trainer handed a converted split), the floats are not scaled a second time
+    assert torch.equal(floats.as_inputs().images, floats.images)
 
 
 def test_loading_twice_does_not_read_the_files_again(idx_data_dir: Path, splits: Splits) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bnlab.models import trainer as trainer_module
 from bnlab.models.batchnorm import BNImpl
 from bnlab.models.checkpoint import load_state, save_state
 from bnlab.models.data import Splits
@@ -63,6 +64,20 @@ def test_the_sample_interval_does_not_change_the_training(splits: Splits, bn_imp
     )
     run(first), run(second)
     assert_same_nets(first, second)
+
+
+def test_an_interval_in_several_calls_trains_as_in_one(
+    splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Long intervals go to the written-out step in chunks: the same curves and nets, and the
+    # weight gradients of each interval's last step left for the probes at the sample point.
+    whole, chunked = (lone_trainer(ARCH, SHORT, splits, bn_impl="torch") for _ in range(2))
+    whole_curve = run(whole)
+    monkeypatch.setattr(trainer_module, "STEPS_PER_CALL", 7)  # 20-step intervals: 7 + 7 + 6
+    chunked_curve = run(chunked)
+    assert chunked_curve == whole_curve
+    assert all(net.layers[0].grad_norm for net in chunked_curve[-1].cells[LONE].nets.values())
+    assert_same_nets(whole, chunked)
 
 
 def test_sampled_and_test_accuracies_are_the_nets_own_on_the_uint8_images(splits: Splits) -> None:
