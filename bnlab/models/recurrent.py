@@ -28,9 +28,10 @@ Normalization", arXiv 1603.09025):
 
 Weights: :math:`[W_x, W_h]` is one (4H, in + H) matrix, the LSTM as one hidden layer (what
 `initial_weights` draws and `probes` reads), and the output layer (10, H); biases start at zero.
-`plain` runs torch's own LSTM op (what `nn.LSTM` runs: oneDNN's on a CPU, cuDNN's on a GPU), one
-per net of the stack. The normalized variants, and `plain` where the probes ask for the
-pre-activations (the op keeps them to itself), run the formula: every step's input term
+On the CPU `plain` runs torch's own LSTM op (what `nn.LSTM` runs, oneDNN's), one per net of the
+stack. The normalized variants, `plain` where the probes ask for the pre-activations (the op
+keeps them to itself) and `plain` on a GPU (there the op is cuDNN's, which has no second
+derivative for the sharpness probe) run the formula: every step's input term
 :math:`W_x x_t` (and its normalization) for all steps in one GEMM before the loop, only the
 recurrence step by step; the two agree up to float rounding. The probes' "layer" is the
 LSTM: the input of its cell nonlinearity :math:`\tanh(g)` over every step, so `tanh`'s
@@ -217,15 +218,19 @@ class LSTMStack(Stack):
         if mode == "population" and pre_activations is None and len(sequence) > INFERENCE_CHUNK:
             chunks = torch.split(sequence, INFERENCE_CHUNK)
             return torch.cat([self.read(chunk, mode) for chunk in chunks], dim=1)
-        if self.norms or pre_activations is not None:
-            h = self._recurrence(sequence, mode, pre_activations)
-        else:
-            h = self._fused_recurrence(sequence)
+        # The fused op on the CPU only: on a GPU it is cuDNN's, which has no second derivative
+        # (the sharpness probe takes one) and is not checked under CUDA-graph capture.
+        fused = not self.norms and pre_activations is None and sequence.device.type == "cpu"
+        h = (
+            self._fused_recurrence(sequence)
+            if fused
+            else self._recurrence(sequence, mode, pre_activations)
+        )
         return torch.baddbmm(self.output_bias, h, self.weights[1].transpose(1, 2))
 
     def _fused_recurrence(self, sequence: Tensor) -> Tensor:
         """`plain`'s last hidden states (net, batch, H) through torch's LSTM op, what nn.LSTM
-        runs (oneDNN's on a CPU, cuDNN's on a GPU), one net at a time: the same formula as
+        runs (oneDNN's on this CPU), one net at a time: the same formula as
         `_recurrence` in one native op, up to float rounding."""
         batch, _, inputs = sequence.shape
         zeros = sequence.new_zeros(1, batch, self.hidden)
